@@ -1,0 +1,3 @@
+from redwork.cli import main
+
+main()

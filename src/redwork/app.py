@@ -1,0 +1,199 @@
+"""The Redwork application: its settings, its task registry and the `@app.task`
+decorator, and job handles for what was enqueued."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
+
+from redwork.client import Client
+from redwork.errors import UnknownTask
+from redwork.job import Envelope, JobRecord, JobState, RetryPolicy, check_name, new_job_id, now_ms
+from redwork.settings import Settings
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A job that was enqueued: look it up or wait for its result, sync or async."""
+
+    client: Client
+    queue: str
+    id: str
+
+    def info(self) -> JobRecord:
+        return self.client.job(self.queue, self.id)
+
+    def status(self) -> JobState:
+        return self.info().state
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job to end; its result, or JobFailed. ResultTimeout past `timeout`."""
+        return self.client.result(self.queue, self.id, timeout)
+
+    async def ainfo(self) -> JobRecord:
+        return await self.client.ajob(self.queue, self.id)
+
+    async def astatus(self) -> JobState:
+        return (await self.ainfo()).state
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        return await self.client.aresult(self.queue, self.id, timeout)
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    queue: str = "default"
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    job_id: str | None = None
+    key: str | None = None
+    meta: dict[str, Any] | None = None
+
+
+class Task(Generic[P, R]):
+    """A function registered with an app. Calling it runs it here; `enqueue` runs it on
+    a worker."""
+
+    def __init__(self, app: Redwork, fn: Callable[P, R], name: str, options: TaskOptions) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.defaults = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = inspect.signature(fn)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)
+
+    def options(self, **changes: Any) -> Task[P, R]:
+        """This task with other enqueue options (queue, timeout, job_id, key, meta,
+        retries, backoff): `send_email.options(queue="mail").enqueue(...)`."""
+        retry = self.defaults.retry
+        if "retries" in changes:
+            retry = replace(retry, max_attempts=int(changes.pop("retries")) + 1)
+        if "backoff" in changes:
+            retry = replace(retry, backoff=float(changes.pop("backoff")))
+        task = Task(self.app, self.fn, self.name, replace(self.defaults, retry=retry, **changes))
+        return task
+
+    def prepare(self, *args: P.args, **kwargs: P.kwargs) -> Envelope:
+        """The job document for this call, not yet enqueued (for `app.enqueue_many`)."""
+        o = self.defaults
+        return Envelope(
+            id=check_name("job id", o.job_id) if o.job_id else new_job_id(),
+            task=self.name,
+            queue=o.queue,
+            args=list(args),
+            kwargs=dict(kwargs),
+            retry=o.retry,
+            timeout=o.timeout,
+            enqueued_at=now_ms(),
+            key=o.key,
+            meta=o.meta or {},
+        )
+
+    def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return self.app.enqueue_many([self.prepare(*args, **kwargs)])[0]
+
+    async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
+        return (await self.app.aenqueue_many([self.prepare(*args, **kwargs)]))[0]
+
+
+class TaskDecorator(Protocol):
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+class Redwork:
+    """One application: `app = Redwork("shop")`, then `@app.task` on functions.
+
+    Settings come from keyword arguments, else REDWORK_* environment variables, else
+    defaults (see redwork.settings.Settings); with no redis_url the embedded Valkey
+    server in data_dir is used, started if it is not running."""
+
+    def __init__(
+        self, name: str = "redwork", *, settings: Settings | None = None, **overrides: Any
+    ) -> None:
+        self.name = name
+        self.settings = settings.replace(**overrides) if settings else Settings.load(**overrides)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self.client = Client(self.settings)
+
+    def configure(self, settings: Settings) -> None:
+        """Use other settings from now on (tests, or an app configured after import);
+        connections made with the old ones are dropped."""
+        self.client.close()
+        self.settings = settings
+        self.client = Client(settings)
+
+    @overload
+    def task(self, fn: Callable[P, R]) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+    ) -> TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        timeout: float | None = None,
+        backoff: float = 1.0,
+        backoff_max: float = 300.0,
+    ) -> Any:
+        """Register a function (plain or `async def`) as a task.
+
+        retries: extra attempts after a failure, with exponential backoff from `backoff`
+        seconds up to `backoff_max`; timeout: seconds one attempt may run."""
+        options = TaskOptions(
+            queue=check_name("queue name", queue),
+            retry=RetryPolicy(max_attempts=retries + 1, backoff=backoff, backoff_max=backoff_max),
+            timeout=timeout,
+        )
+
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            task = Task(self, f, task_name, options)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        try:
+            return self.tasks[name]
+        except KeyError:
+            raise UnknownTask(
+                f"no task named {name!r} is registered with app {self.name!r}"
+            ) from None
+
+    def enqueue_many(self, envelopes: Iterable[Envelope]) -> list[JobHandle]:
+        """Enqueue many jobs in as few round trips as possible (one per 1,000 per queue)."""
+        batch = list(envelopes)
+        return [
+            JobHandle(self.client, e.queue, e.id)
+            for e, _ in zip(batch, self.client.enqueue(batch), strict=True)
+        ]
+
+    async def aenqueue_many(self, envelopes: Iterable[Envelope]) -> list[JobHandle]:
+        batch = list(envelopes)
+        await self.client.aenqueue(batch)
+        return [JobHandle(self.client, e.queue, e.id) for e in batch]
+
+    def job(self, job_id: str, queue: str = "default") -> JobHandle:
+        return JobHandle(self.client, queue, job_id)

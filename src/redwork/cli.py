@@ -1,0 +1,423 @@
+"""The `redwork` command: workers, the embedded server, inspection and the demo."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from redwork.app import Redwork
+from redwork.client import Client
+from redwork.errors import JobNotFound, RedworkError
+from redwork.queue import QUEUES_KEY, WORKERS_KEY, Queue, worker_key
+from redwork.settings import Settings, to_env
+
+console = Console()
+
+
+def load_app(path: str) -> Redwork:
+    """`pkg.module:attribute`, or `pkg.module` holding a Redwork object."""
+    module_name, _, attribute = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name}: {exc}") from exc
+    if attribute:
+        app = getattr(module, attribute, None)
+    else:
+        app = next((v for v in vars(module).values() if isinstance(v, Redwork)), None)
+    if not isinstance(app, Redwork):
+        raise click.BadParameter(f"{path} names no Redwork app")
+    return app
+
+
+def _settings(ctx: click.Context, **explicit: Any) -> Settings:
+    return Settings.load(**ctx.obj, **explicit)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--redis",
+    "redis_url",
+    metavar="URL",
+    help="Server URL (env REDWORK_REDIS_URL). Default: the embedded Valkey.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    help="Embedded server's data directory (env REDWORK_DATA_DIR, default ./.redwork).",
+)
+@click.option(
+    "--fsync",
+    type=click.Choice(["everysec", "always"]),
+    help="Embedded server's AOF fsync policy (env REDWORK_FSYNC).",
+)
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (env REDWORK_LOG_LEVEL).")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    redis_url: str | None,
+    data_dir: Path | None,
+    fsync: str | None,
+    log_level: str | None,
+) -> None:
+    """redwork: a job queue and workers on Redis or Valkey.
+
+    \b
+    Examples:
+      redwork demo --iterations 100 --workers 4
+      redwork worker myapp.tasks --concurrency 20 --queues high,default
+      redwork info
+      redwork failed list --queue default
+    """
+    ctx.obj = {"redis_url": redis_url, "data_dir": data_dir, "fsync": fsync, "log_level": log_level}
+    level = log_level or os.environ.get("REDWORK_LOG_LEVEL") or "INFO"
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+
+
+@cli.command()
+@click.argument("app_path", metavar="APP")
+@click.option(
+    "-q", "--queues", help="Comma-separated queues, highest priority first (env REDWORK_QUEUES)."
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=int,
+    help="Job slots per process (env REDWORK_CONCURRENCY, default 10).",
+)
+@click.option(
+    "-p",
+    "--processes",
+    type=int,
+    help="Worker processes (env REDWORK_PROCESSES, default cores - 1).",
+)
+@click.option(
+    "--grace", type=float, help="Seconds to let running jobs finish on stop (default 30)."
+)
+@click.option(
+    "--lease", type=float, help="Seconds a job stays leased without a heartbeat (default 30)."
+)
+@click.pass_context
+def worker(
+    ctx: click.Context,
+    app_path: str,
+    queues: str | None,
+    concurrency: int | None,
+    processes: int | None,
+    grace: float | None,
+    lease: float | None,
+) -> None:
+    """Run workers for the tasks of APP (`pkg.module` or `pkg.module:app`).
+
+    \b
+    Examples:
+      redwork worker myapp.tasks
+      redwork worker myapp.tasks:app -q high,default -c 50 -p 3
+    The first SIGTERM or Ctrl+C stops fetching and lets running jobs finish within
+    --grace seconds, then hands the rest back; a second one hands back at once.
+    """
+    queue_names = tuple(q for q in (queues or "").split(",") if q) or None
+    settings = _settings(
+        ctx,
+        queues=queue_names,
+        concurrency=concurrency,
+        processes=processes,
+        grace=grace,
+        lease=lease,
+    )
+    app = load_app(app_path)
+    if settings.processes > 1:
+        from redwork.connection import resolve_url
+        from redwork.supervisor import Supervisor, worker_command
+
+        settings = settings.replace(redis_url=resolve_url(settings))
+        env = {**os.environ, **to_env(settings)}
+        code = Supervisor(worker_command(app_path), settings.processes, env).run()
+        sys.exit(code)
+    _run_single_worker(app, settings)
+
+
+def _run_single_worker(app: Redwork, settings: Settings) -> None:
+    import asyncio
+    import signal
+
+    from redwork.supervisor import orphaned
+    from redwork.worker import Worker
+
+    async def main() -> None:
+        worker = Worker(app, settings)
+
+        def on_signal() -> None:
+            worker.stop()
+            if orphaned():  # the supervisor is gone: nobody will wait for a grace period
+                worker.stop()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        logging.getLogger("redwork.worker").info(
+            "worker %s: queues %s, concurrency %d",
+            worker.id,
+            ",".join(settings.queues),
+            settings.concurrency,
+        )
+        await worker.run()
+
+    asyncio.run(main())
+    # Threads of plain-function tasks that overran cannot be stopped; do not wait for them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+@cli.group()
+def server() -> None:
+    """Start, stop or inspect the embedded Valkey server of a data directory."""
+
+
+def _embedded(ctx: click.Context) -> Any:
+    from redwork.server import EmbeddedServer
+
+    settings = _settings(ctx.find_root())
+    return EmbeddedServer(settings.data_dir, fsync=settings.fsync)
+
+
+@server.command("start")
+@click.pass_context
+def server_start(ctx: click.Context) -> None:
+    """Start the embedded server (or find it running); prints its URL."""
+    click.echo(_embedded(ctx).ensure_running())
+
+
+@server.command("stop")
+@click.pass_context
+def server_stop(ctx: click.Context) -> None:
+    """Stop the embedded server; its data stays in the data directory."""
+    click.echo("stopped" if _embedded(ctx).stop() else "not running")
+
+
+@server.command("status")
+@click.pass_context
+def server_status(ctx: click.Context) -> None:
+    """Show whether the embedded server runs, where, and its version."""
+    status = _embedded(ctx).status()
+    click.echo(f"running: {'yes' if status.running else 'no'}")
+    click.echo(f"data dir: {status.data_dir}")
+    if status.running:
+        click.echo(f"url: {status.url}\npid: {status.pid}\nversion: {status.version}")
+
+
+def _client(ctx: click.Context) -> Client:
+    return Client(_settings(ctx.find_root()))
+
+
+def _queue_names(client: Client) -> list[str]:
+    return sorted(n.decode() for n in cast(set[bytes], client.redis().smembers(QUEUES_KEY)))
+
+
+@cli.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Queues (waiting, running, delayed, failed, throughput), and live workers."""
+    import time
+
+    client = _client(ctx)
+    minute = int(time.time() // 60)
+    table = Table(title="queues")
+    for column in (
+        "queue",
+        "waiting",
+        "active",
+        "delayed",
+        "failed",
+        "completed",
+        "retried",
+        "recovered",
+        "fenced",
+        "done/min (last 5)",
+    ):
+        table.add_column(column, justify="left" if column == "queue" else "right")
+    for name in _queue_names(client):
+        queue = Queue(name)
+        counts = client.run(queue.counts())
+        recent = client.run(queue.completed_per_minute(range(minute - 4, minute + 1)))
+        s = counts.stats
+        table.add_row(
+            name,
+            str(counts.waiting),
+            str(counts.active),
+            str(counts.delayed),
+            str(counts.failed),
+            str(s.get("completed", 0)),
+            str(s.get("retried", 0)),
+            str(s.get("recovered", 0)),
+            str(s.get("fenced", 0)),
+            " ".join(str(n) for n in recent),
+        )
+    console.print(table)
+    workers = Table(title="workers")
+    for column in ("worker", "queues", "concurrency", "running", "done", "failed", "last seen"):
+        workers.add_column(column)
+    now = time.time() * 1000
+    for worker_id, seen, fields in _live_workers(client):
+        workers.add_row(
+            worker_id,
+            fields.get("queues", ""),
+            fields.get("concurrency", ""),
+            fields.get("running", ""),
+            fields.get("done", ""),
+            fields.get("failed", ""),
+            f"{(now - seen) / 1000:.1f}s ago",
+        )
+    console.print(workers)
+
+
+def _live_workers(client: Client) -> list[tuple[str, float, dict[str, str]]]:
+    """Registered workers whose registration has not expired (those that died silently
+    drop out once their heartbeat key lapses)."""
+    redis = client.redis()
+    live = []
+    entries = cast(list[tuple[bytes, float]], redis.zrange(WORKERS_KEY, 0, -1, withscores=True))
+    for raw_id, seen in entries:
+        worker_id = raw_id.decode()
+        raw = cast(dict[bytes, bytes], redis.hgetall(worker_key(worker_id)))
+        if raw:
+            live.append((worker_id, seen, {k.decode(): v.decode() for k, v in raw.items()}))
+    return live
+
+
+@cli.group()
+def job() -> None:
+    """Look at one job."""
+
+
+@job.command("show")
+@click.argument("job_id")
+@click.option("-q", "--queue", help="The job's queue (default: search every queue).")
+@click.pass_context
+def job_show(ctx: click.Context, job_id: str, queue: str | None) -> None:
+    """Print a job's document, state, result or error as JSON."""
+    client = _client(ctx)
+    for name in [queue] if queue else _queue_names(client):
+        try:
+            record = client.job(name, job_id)
+        except JobNotFound:
+            continue
+        click.echo(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
+        return
+    raise click.ClickException(f"no job {job_id}" + (f" in queue {queue}" if queue else ""))
+
+
+@cli.group()
+def failed() -> None:
+    """The failed store (dead letters): list, show, retry or purge failed jobs."""
+
+
+@failed.command("list")
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("-n", "--limit", default=50, show_default=True)
+@click.pass_context
+def failed_list(ctx: click.Context, queue: str, limit: int) -> None:
+    """The most recent failed jobs of a queue."""
+    client = _client(ctx)
+    q = client.queue(queue)
+    table = Table(title=f"failed jobs in {queue}")
+    for column in ("id", "task", "attempt", "reason", "error"):
+        table.add_column(column)
+    for job_id in client.run(q.failed_ids(0, limit - 1)):
+        record = client.run(q.job(job_id))
+        if record is None:
+            continue
+        envelope = record.envelope
+        last_line = (record.error or "").strip().splitlines()[-1:] or [""]
+        table.add_row(
+            job_id,
+            envelope.task if envelope else "(undecodable)",
+            str(record.attempt),
+            record.reason or "",
+            last_line[0][:80],
+        )
+    console.print(table)
+
+
+@failed.command("show")
+@click.argument("job_id")
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.pass_context
+def failed_show(ctx: click.Context, job_id: str, queue: str) -> None:
+    """A failed job in full, with its traceback."""
+    ctx.invoke(job_show, job_id=job_id, queue=queue)
+
+
+@failed.command("retry")
+@click.argument("job_ids", nargs=-1)
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("--all", "everything", is_flag=True, help="Retry every failed job of the queue.")
+@click.pass_context
+def failed_retry(
+    ctx: click.Context, job_ids: tuple[str, ...], queue: str, everything: bool
+) -> None:
+    """Send failed jobs back to their queue with a fresh attempt budget."""
+    if not job_ids and not everything:
+        raise click.UsageError("name job ids, or pass --all")
+    client = _client(ctx)
+    click.echo(f"requeued {client.run(client.queue(queue).retry_failed(job_ids))}")
+
+
+@failed.command("purge")
+@click.argument("job_ids", nargs=-1)
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("--all", "everything", is_flag=True, help="Delete every failed job of the queue.")
+@click.pass_context
+def failed_purge(
+    ctx: click.Context, job_ids: tuple[str, ...], queue: str, everything: bool
+) -> None:
+    """Delete failed jobs for good."""
+    if not job_ids and not everything:
+        raise click.UsageError("name job ids, or pass --all")
+    client = _client(ctx)
+    click.echo(f"deleted {client.run(client.queue(queue).purge_failed(job_ids))}")
+
+
+@cli.command()
+@click.option("--iterations", default=100, show_default=True, help="Sleep jobs to run.")
+@click.option("--workers", default=4, show_default=True, help="Worker processes.")
+@click.option("--concurrency", default=1, show_default=True, help="Job slots per worker process.")
+@click.option("--seed", default=None, type=int, help="Seed for the random sleep times.")
+@click.pass_context
+def demo(
+    ctx: click.Context, iterations: int, workers: int, concurrency: int, seed: int | None
+) -> None:
+    """Run N sleep jobs (10-60 ms each) on W worker processes, as the worker-pattern
+    seeds do, on a private embedded server; report time slept per worker.
+
+    \b
+    Example:
+      redwork demo --iterations 100 --workers 4
+    """
+    from redwork.demo import run_demo
+
+    run_demo(_settings(ctx.find_root()), iterations, workers, concurrency, seed, console)
+
+
+def main() -> None:
+    try:
+        cli(prog_name="redwork")
+    except RedworkError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)

@@ -1,0 +1,198 @@
+"""The front doors to a redwork deployment: enqueue, look up and wait for jobs, from
+plain code (sync methods) or from asyncio (the same names prefixed with `a`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from redwork import connection
+from redwork.errors import JobFailed, JobNotFound, ResultTimeout
+from redwork.job import Envelope, JobRecord, JobState
+from redwork.queue import QUEUES_KEY, Op, Queue, arun, run
+from redwork.scripts import Code
+from redwork.settings import Settings
+
+log = logging.getLogger("redwork.client")
+# Jobs per enqueue script call: large enough to amortise the round trip, small enough
+# not to hold the server for more than a few milliseconds.
+ENQUEUE_CHUNK = 1000
+
+
+def _chunks(
+    envelopes: Sequence[tuple[Queue, str, bytes]],
+) -> Iterable[tuple[Queue, list[tuple[str, bytes]]]]:
+    by_queue: dict[str, tuple[Queue, list[tuple[str, bytes]]]] = {}
+    for queue, job_id, data in envelopes:
+        by_queue.setdefault(queue.name, (queue, []))[1].append((job_id, data))
+    for queue, jobs in by_queue.values():
+        for start in range(0, len(jobs), ENQUEUE_CHUNK):
+            yield queue, jobs[start : start + ENQUEUE_CHUNK]
+
+
+class Client:
+    """Connections are opened on first use; the async one is bound to the event loop
+    that first uses it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._url: str | None = None
+        self._sync: Redis | None = None
+        self._async: AsyncRedis | None = None
+        self._queues: dict[str, Queue] = {}
+        self._known_queues: set[str] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def url(self) -> str:
+        with self._lock:
+            if self._url is None:
+                self._url = connection.resolve_url(self.settings)
+            return self._url
+
+    def queue(self, name: str) -> Queue:
+        queue = self._queues.get(name)
+        if queue is None:
+            queue = self._queues[name] = Queue(name)
+        return queue
+
+    # -- sync -------------------------------------------------------------------------
+
+    def redis(self) -> Redis:
+        if self._sync is None:
+            client = connection.sync_client(self.url, self.settings)
+            connection.check_server(client.info())
+            self._sync = client
+        return self._sync
+
+    def run(self, op: Op[Any]) -> Any:
+        return run(self.redis(), op)
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Store jobs; returns their ids. A job whose id exists already is not added
+        again (the id is returned all the same)."""
+        encoded = self._encode(envelopes)
+        new_queues = self._new_queues(envelopes)
+        if new_queues:
+            self.redis().sadd(QUEUES_KEY, *new_queues)
+            self._known_queues.update(new_queues)
+        for queue, jobs in _chunks(encoded):
+            self._log_duplicates(jobs, run(self.redis(), queue.enqueue(jobs)))
+        return [e.id for e in envelopes]
+
+    def job(self, queue: str, job_id: str) -> JobRecord:
+        record: JobRecord | None = self.run(self.queue(queue).job(job_id))
+        if record is None:
+            raise JobNotFound(f"no job {job_id} in queue {queue}")
+        return record
+
+    def wait(self, queue: str, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Block until the job is completed or failed; listens on the job's channel
+        rather than polling."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pubsub = self.redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self.queue(queue).job_channel(job_id))
+            while True:
+                record = self.job(queue, job_id)
+                if record.state.is_final:
+                    return record
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(f"job {job_id} is still {record.state} after {timeout}s")
+                pubsub.get_message(timeout=min(remaining or 60.0, 60.0))
+        finally:
+            pubsub.close()
+
+    def result(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
+        return _result_of(self.wait(queue, job_id, timeout))
+
+    def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    # -- async ------------------------------------------------------------------------
+
+    async def aredis(self) -> AsyncRedis:
+        if self._async is None:
+            url = await asyncio.to_thread(lambda: self.url) if self._url is None else self._url
+            client = connection.async_client(url, self.settings)
+            connection.check_server(await client.info())
+            self._async = client
+        return self._async
+
+    async def arun(self, op: Op[Any]) -> Any:
+        return await arun(await self.aredis(), op)
+
+    async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        encoded = self._encode(envelopes)
+        client = await self.aredis()
+        new_queues = self._new_queues(envelopes)
+        if new_queues:
+            await client.sadd(QUEUES_KEY, *new_queues)
+            self._known_queues.update(new_queues)
+        for queue, jobs in _chunks(encoded):
+            self._log_duplicates(jobs, await arun(client, queue.enqueue(jobs)))
+        return [e.id for e in envelopes]
+
+    async def ajob(self, queue: str, job_id: str) -> JobRecord:
+        record: JobRecord | None = await self.arun(self.queue(queue).job(job_id))
+        if record is None:
+            raise JobNotFound(f"no job {job_id} in queue {queue}")
+        return record
+
+    async def await_job(self, queue: str, job_id: str, timeout: float | None = None) -> JobRecord:
+        """The async twin of wait()."""
+        client = await self.aredis()
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            await pubsub.subscribe(self.queue(queue).job_channel(job_id))
+            while True:
+                record = await self.ajob(queue, job_id)
+                if record.state.is_final:
+                    return record
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise ResultTimeout(f"job {job_id} is still {record.state} after {timeout}s")
+                await pubsub.get_message(timeout=min(remaining or 60.0, 60.0))
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def aresult(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
+        return _result_of(await self.await_job(queue, job_id, timeout))
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+
+    # -- shared -----------------------------------------------------------------------
+
+    def _encode(self, envelopes: Sequence[Envelope]) -> list[tuple[Queue, str, bytes]]:
+        limit = self.settings.max_payload
+        return [(self.queue(e.queue), e.id, e.encode(limit)) for e in envelopes]
+
+    def _new_queues(self, envelopes: Sequence[Envelope]) -> set[str]:
+        return {e.queue for e in envelopes} - self._known_queues
+
+    @staticmethod
+    def _log_duplicates(jobs: list[tuple[str, bytes]], codes: list[Code]) -> None:
+        for (job_id, _), code in zip(jobs, codes, strict=True):
+            if code is Code.DUPLICATE:
+                log.info("job %s exists already; not enqueued again", job_id)
+
+
+def _result_of(record: JobRecord) -> Any:
+    if record.state is JobState.FAILED:
+        raise JobFailed(record.id, f"{record.reason}: {record.error}")
+    return record.result_value()

@@ -1,0 +1,69 @@
+"""Connecting to the server: which URL (given, or the embedded Valkey), client options,
+and the checks that refuse a server that would lose jobs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from redwork.errors import ServerPolicyError, ServerVersionError
+from redwork.settings import Settings
+
+MIN_REDIS = (7, 0)
+MIN_VALKEY = (7, 2)
+# Failures redis-py retries by itself on a fresh connection; longer outages surface
+# to the caller, which logs them and retries with its own backoff.
+_RETRY_ON = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+
+def resolve_url(settings: Settings) -> str:
+    """The URL the user gave, or that of the embedded server, started if need be."""
+    if settings.redis_url:
+        return settings.redis_url
+    from redwork.server import EmbeddedServer
+
+    return EmbeddedServer(settings.data_dir, fsync=settings.fsync).ensure_running()
+
+
+def client_options(settings: Settings, *, blocking: bool = False) -> dict[str, Any]:
+    # A blocking fetch waits up to block_timeout on the server; its socket must wait longer.
+    timeout = settings.socket_timeout + (settings.block_timeout if blocking else 0.0)
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": settings.socket_timeout,
+        "health_check_interval": 0 if blocking else 30,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+        "retry_on_error": list(_RETRY_ON),
+    }
+
+
+def sync_client(url: str, settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(url, **client_options(settings))
+
+
+def async_client(url: str, settings: Settings, *, blocking: bool = False) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(url, **client_options(settings, blocking=blocking))
+
+
+def check_server(info: dict[str, Any]) -> None:
+    """Raise unless the server (from INFO) is recent enough and never evicts keys."""
+    if "valkey_version" in info:
+        name, version, minimum = "Valkey", str(info["valkey_version"]), MIN_VALKEY
+    else:
+        name, version, minimum = "Redis", str(info.get("redis_version", "0")), MIN_REDIS
+    parts = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+    if parts < minimum:
+        raise ServerVersionError(
+            f"{name} {version} is too old: redwork needs {name} "
+            f"{'.'.join(map(str, minimum))} or newer"
+        )
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    if policy != "noeviction":
+        raise ServerPolicyError(
+            f"the server's maxmemory-policy is {policy}: it may evict jobs. "
+            "Set maxmemory-policy noeviction"
+        )

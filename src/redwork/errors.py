@@ -1,0 +1,52 @@
+"""The exception hierarchy: every error redwork raises on purpose is a RedworkError."""
+
+from __future__ import annotations
+
+
+class RedworkError(Exception):
+    """Base of every redwork error."""
+
+
+class ConfigurationError(RedworkError):
+    """A setting is missing, malformed or contradicts another."""
+
+
+class ServerVersionError(RedworkError):
+    """The server is older than redwork supports (Redis 7.0, Valkey 7.2)."""
+
+
+class ServerPolicyError(RedworkError):
+    """The server evicts keys (maxmemory-policy), which would silently lose jobs."""
+
+
+class SerializationError(RedworkError):
+    """Arguments or a result cannot be encoded as JSON."""
+
+
+class PayloadTooLarge(RedworkError):
+    """An encoded job is larger than the queue accepts."""
+
+
+class InvalidName(RedworkError):
+    """A queue or task name cannot be used in a Redis key."""
+
+
+class UnknownTask(RedworkError):
+    """No task of that name is registered with the app."""
+
+
+class JobNotFound(RedworkError):
+    """No job with that id exists (it never did, or its record expired)."""
+
+
+class JobFailed(RedworkError):
+    """The job ended in the failed store; the message carries its error."""
+
+    def __init__(self, job_id: str, error: str) -> None:
+        super().__init__(f"job {job_id} failed: {error}")
+        self.job_id = job_id
+        self.error = error
+
+
+class ResultTimeout(RedworkError, TimeoutError):
+    """Waiting for a job's result took longer than the caller allowed."""

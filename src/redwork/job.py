@@ -1,0 +1,248 @@
+"""The job: its JSON document (the language-neutral wire format), its states, and the
+record a job leaves in Redis. See docs/protocol.md for every field."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+from redwork.errors import InvalidName, PayloadTooLarge, SerializationError
+
+PROTOCOL_VERSION = 1
+# Job ids and queue names go into Redis keys and into events built by the scripts
+# without escaping, so they are limited to characters that need none.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class JobState(StrEnum):
+    WAITING = "waiting"
+    ACTIVE = "active"
+    DELAYED = "delayed"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in (JobState.COMPLETED, JobState.FAILED)
+
+
+class FailureReason(StrEnum):
+    """Why a run failed; the first four are never retried, as retrying cannot help."""
+
+    DECODE_ERROR = "decode_error"
+    UNKNOWN_TASK = "unknown_task"
+    BAD_ARGUMENTS = "bad_arguments"
+    RESULT_ENCODE_ERROR = "result_encode_error"
+    EXCEPTION = "exception"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+
+    @property
+    def is_retryable(self) -> bool:
+        return self in (FailureReason.EXCEPTION, FailureReason.TIMEOUT)
+
+
+def check_name(kind: str, name: str) -> str:
+    if not NAME_PATTERN.match(name):
+        raise InvalidName(
+            f"{kind} {name!r} is invalid: use 1 to 128 characters from A-Z a-z 0-9 _ . : -"
+        )
+    return name
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: the n-th retry waits up to backoff * 2**(n-1) seconds, capped
+    at backoff_max, with jitter taking a random part of that away (spreads a burst)."""
+
+    max_attempts: int = 1
+    backoff: float = 1.0
+    backoff_max: float = 300.0
+    jitter: float = 0.5
+
+    def delay(self, attempt: int, random: float) -> float:
+        """Seconds to wait before the retry that follows `attempt`; `random` in [0, 1)."""
+        ceiling: float = min(self.backoff_max, self.backoff * 2.0 ** max(0, attempt - 1))
+        return ceiling * (1.0 - self.jitter * random)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The job document, written once at enqueue and never changed afterwards."""
+
+    id: str
+    task: str
+    queue: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float | None = None
+    enqueued_at: int = 0
+    key: str | None = None
+    workflow: dict[str, Any] | None = None
+    idempotency_key: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def encode(self, max_bytes: int) -> bytes:
+        document = {
+            "v": PROTOCOL_VERSION,
+            "id": self.id,
+            "task": self.task,
+            "queue": self.queue,
+            "args": self.args,
+            "kwargs": self.kwargs,
+            "priority": self.priority,
+            "max_attempts": self.retry.max_attempts,
+            "backoff": self.retry.backoff,
+            "backoff_max": self.retry.backoff_max,
+            "jitter": self.retry.jitter,
+            "timeout": self.timeout,
+            "enqueued_at": self.enqueued_at,
+            "key": self.key,
+            "workflow": self.workflow,
+            "idempotency_key": self.idempotency_key,
+            "meta": self.meta,
+        }
+        try:
+            data = orjson.dumps(document)
+        except TypeError as exc:
+            raise SerializationError(f"job {self.task}: arguments are not JSON: {exc}") from exc
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(
+                f"job {self.task} encodes to {len(data)} bytes, over the limit of {max_bytes}"
+            )
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        """Parse a job document; raises ValueError with the reason when it is malformed."""
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError("the job document is not a JSON object")
+        if doc.get("v") != PROTOCOL_VERSION:
+            raise ValueError(f"unsupported protocol version {doc.get('v')!r}")
+        try:
+            args, kwargs = doc.get("args", []), doc.get("kwargs", {})
+            if not isinstance(args, list) or not isinstance(kwargs, dict):
+                raise ValueError("args must be a list and kwargs an object")
+            timeout = doc.get("timeout")
+            return cls(
+                id=str(doc["id"]),
+                task=str(doc["task"]),
+                queue=str(doc["queue"]),
+                args=args,
+                kwargs=kwargs,
+                priority=int(doc.get("priority", 0)),
+                retry=RetryPolicy(
+                    max_attempts=int(doc.get("max_attempts", 1)),
+                    backoff=float(doc.get("backoff", 1.0)),
+                    backoff_max=float(doc.get("backoff_max", 300.0)),
+                    jitter=float(doc.get("jitter", 0.5)),
+                ),
+                timeout=None if timeout is None else float(timeout),
+                enqueued_at=int(doc.get("enqueued_at", 0)),
+                key=doc.get("key"),
+                workflow=doc.get("workflow"),
+                idempotency_key=doc.get("idempotency_key"),
+                meta=doc.get("meta") or {},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad field: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """What Redis holds about a job: its document plus its mutable state."""
+
+    id: str
+    queue: str
+    state: JobState
+    attempt: int
+    token: int
+    losses: int
+    data: bytes
+    worker: str | None
+    enqueued_at: int | None
+    started_at: int | None
+    finished_at: int | None
+    result: bytes | None
+    reason: str | None
+    error: str | None
+
+    @classmethod
+    def from_hash(cls, queue: str, job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
+        def text(name: str) -> str | None:
+            value = fields.get(name.encode())
+            return None if value is None else value.decode(errors="replace")
+
+        def number(name: str) -> int | None:
+            value = fields.get(name.encode())
+            return None if value is None else int(value)
+
+        return cls(
+            id=job_id,
+            queue=queue,
+            state=JobState(text("state") or "waiting"),
+            attempt=number("attempt") or 0,
+            token=number("token") or 0,
+            losses=number("losses") or 0,
+            data=fields.get(b"data", b""),
+            worker=text("worker"),
+            enqueued_at=number("enqueued_at"),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            result=fields.get(b"result"),
+            reason=text("reason"),
+            error=text("error"),
+        )
+
+    @property
+    def envelope(self) -> Envelope | None:
+        try:
+            return Envelope.decode(self.data)
+        except ValueError:
+            return None
+
+    def result_value(self) -> Any:
+        return None if self.result is None else orjson.loads(self.result)
+
+    def as_dict(self) -> dict[str, Any]:
+        envelope = self.envelope
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "state": self.state.value,
+            "task": envelope.task if envelope else None,
+            "args": envelope.args if envelope else None,
+            "kwargs": envelope.kwargs if envelope else None,
+            "attempt": self.attempt,
+            "max_attempts": envelope.retry.max_attempts if envelope else None,
+            "losses": self.losses,
+            "worker": self.worker,
+            "enqueued_at": self.enqueued_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "result": self.result_value() if self.state is JobState.COMPLETED else None,
+            "reason": self.reason,
+            "error": self.error,
+            "raw": None if envelope else self.data[:4096].decode(errors="replace"),
+        }

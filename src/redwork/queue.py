@@ -1,0 +1,235 @@
+"""The Redis side of a queue: its keys, and one typed operation per script.
+
+An operation is data (what to send, and how to read the reply), so that the sync and
+the async clients share every line of it; `run` and `arun` send one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import redis
+import redis.asyncio
+
+from redwork.job import JobRecord, check_name
+from redwork.scripts import Code, Script, load
+
+T = TypeVar("T")
+KEY_ROOT = "rw"
+QUEUES_KEY = f"{KEY_ROOT}:queues"
+WORKERS_KEY = f"{KEY_ROOT}:workers"
+WORKERS_CHANNEL = f"{KEY_ROOT}:workers"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"{KEY_ROOT}:worker:{worker_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[T]):
+    """One round trip: a script call (or a plain command) and the parser of its reply."""
+
+    parse: Callable[[Any], T]
+    script: Script | None = None
+    keys: Sequence[str] = ()
+    args: Sequence[str | bytes | int | float] = ()
+    command: Sequence[str | bytes | int] = ()
+
+
+def run(client: redis.Redis, op: Op[T]) -> T:
+    if op.script is None:
+        return op.parse(client.execute_command(*op.command))  # type: ignore[no-untyped-call]
+    try:
+        reply = client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+    except redis.exceptions.NoScriptError:
+        reply = client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+    return op.parse(reply)
+
+
+async def arun(client: redis.asyncio.Redis, op: Op[T]) -> T:
+    if op.script is None:
+        return op.parse(await client.execute_command(*op.command))  # type: ignore[no-untyped-call]
+    try:
+        reply = await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
+    except redis.exceptions.NoScriptError:
+        reply = await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
+    return op.parse(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A job leased to this worker: the token fences everything it reports."""
+
+    queue: str
+    id: str
+    token: int
+    attempt: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    deliveries: list[Delivery]
+    next_due_in_ms: int | None
+    """Milliseconds until the queue's next delayed job is due, if it has one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    id: str
+    token: int
+    reason: str
+    error: str
+    retry_in_ms: int = -1
+    """Delay before the next attempt; -1 sends the job to the failed store."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    waiting: int
+    active: int
+    delayed: int
+    failed: int
+    stats: dict[str, int]
+
+
+def _codes(reply: list[int]) -> list[Code]:
+    return [Code(c) for c in reply]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Queue:
+    """A named queue; every key carries the hash tag {name}, so that each script
+    touches a single cluster slot."""
+
+    def __init__(self, name: str) -> None:
+        self.name = check_name("queue name", name)
+        self.prefix = f"{KEY_ROOT}:{{{name}}}:"
+        p = self.prefix
+        self.wait, self.active, self.delayed = p + "wait", p + "active", p + "delayed"
+        self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
+        self.stats, self.seq = p + "stats", p + "seq"
+
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def job_channel(self, job_id: str) -> str:
+        return self.job_key(job_id)
+
+    def enqueue(self, jobs: Iterable[tuple[str, bytes]]) -> Op[list[Code]]:
+        args: list[str | bytes] = [self.prefix, self.name]
+        for job_id, data in jobs:
+            args += (job_id, data)
+        return Op(_codes, load("enqueue"), (self.wait, self.marker, self.events, self.stats), args)
+
+    def fetch(self, count: int, lease_ms: int, worker_id: str, max_bytes: int) -> Op[Fetched]:
+        def parse(reply: list[Any]) -> Fetched:
+            deliveries = [
+                Delivery(
+                    self.name, _text(reply[i]), int(reply[i + 1]), int(reply[i + 2]), reply[i + 3]
+                )
+                for i in range(1, len(reply), 4)
+            ]
+            return Fetched(deliveries, None if reply[0] == -1 else int(reply[0]))
+
+        keys = (
+            self.wait,
+            self.active,
+            self.delayed,
+            self.failed,
+            self.marker,
+            self.events,
+            self.seq,
+        )
+        return Op(
+            parse,
+            load("fetch"),
+            keys,
+            (self.prefix, self.name, count, lease_ms, worker_id, max_bytes),
+        )
+
+    def complete(self, results: Iterable[tuple[str, int, bytes]], ttl: int) -> Op[list[Code]]:
+        args: list[str | bytes | int] = [self.prefix, self.name, ttl]
+        for job_id, token, result in results:
+            args += (job_id, token, result)
+        return Op(_codes, load("complete"), (self.active, self.events, self.stats), args)
+
+    def fail(self, failures: Iterable[Failure]) -> Op[list[Code]]:
+        args: list[str | int] = [self.prefix, self.name]
+        for f in failures:
+            args += (f.id, f.token, f.reason, f.error, f.retry_in_ms)
+        keys = (self.active, self.delayed, self.failed, self.events, self.stats, self.marker)
+        return Op(_codes, load("fail"), keys, args)
+
+    def heartbeat(self, leases: Iterable[tuple[str, int]], lease_ms: int) -> Op[list[str]]:
+        args: list[str | int] = [self.prefix, lease_ms]
+        for job_id, token in leases:
+            args += (job_id, token)
+        return Op(lambda r: [_text(i) for i in r], load("heartbeat"), (self.active,), args)
+
+    def handback(self, leases: Iterable[tuple[str, int]]) -> Op[list[Code]]:
+        args: list[str | int] = [self.prefix, self.name]
+        for job_id, token in leases:
+            args += (job_id, token)
+        keys = (self.wait, self.active, self.marker, self.events)
+        return Op(_codes, load("handback"), keys, args)
+
+    def recover(self, max_losses: int, limit: int = 1000) -> Op[tuple[int, int]]:
+        keys = (self.wait, self.active, self.failed, self.marker, self.events, self.stats)
+        return Op(
+            lambda r: (int(r[0]), int(r[1])),
+            load("recover"),
+            keys,
+            (self.prefix, self.name, max_losses, limit),
+        )
+
+    def retry_failed(self, job_ids: Sequence[str] = ()) -> Op[int]:
+        keys = (self.wait, self.failed, self.marker, self.events)
+        return Op(int, load("retry_failed"), keys, (self.prefix, self.name, *job_ids))
+
+    def purge_failed(self, job_ids: Sequence[str] = ()) -> Op[int]:
+        return Op(int, load("purge_failed"), (self.failed,), (self.prefix, *job_ids))
+
+    def job(self, job_id: str) -> Op[JobRecord | None]:
+        def parse(reply: Any) -> JobRecord | None:
+            fields = _as_dict(reply)
+            return JobRecord.from_hash(self.name, job_id, fields) if fields else None
+
+        return Op(parse, command=("HGETALL", self.job_key(job_id)))
+
+    def failed_ids(self, start: int = 0, stop: int = -1) -> Op[list[str]]:
+        return Op(lambda r: [_text(i) for i in r], command=("ZREVRANGE", self.failed, start, stop))
+
+    def counts(self) -> Op[Counts]:
+        def parse(reply: list[Any]) -> Counts:
+            waiting, active, delayed, failed, stats = reply
+            raw = _as_dict(stats)
+            return Counts(
+                int(waiting),
+                int(active),
+                int(delayed),
+                int(failed),
+                {_text(k): int(v) for k, v in raw.items()},
+            )
+
+        return Op(
+            parse,
+            load("counts"),
+            (self.wait, self.active, self.delayed, self.failed, self.stats),
+            (),
+        )
+
+    def completed_per_minute(self, minutes: Sequence[int]) -> Op[list[int]]:
+        keys = [f"{self.prefix}done:{m}" for m in minutes]
+        return Op(lambda r: [int(v or 0) for v in r], command=("MGET", *keys))
+
+
+def _as_dict(reply: Any) -> dict[bytes, bytes]:
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))

@@ -1,0 +1,11 @@
+--[[ counts: read a queue's sizes and counters in one consistent snapshot (no transition).
+KEYS[1] wait  KEYS[2] active  KEYS[3] delayed  KEYS[4] failed  KEYS[5] stats
+Returns { waiting, active, delayed, failed, { counter, value, ... } }.
+]]
+return {
+  redis.call('LLEN', KEYS[1]),
+  redis.call('ZCARD', KEYS[2]),
+  redis.call('ZCARD', KEYS[3]),
+  redis.call('ZCARD', KEYS[4]),
+  redis.call('HGETALL', KEYS[5]),
+}

@@ -1,0 +1,35 @@
+--[[ enqueue: add jobs to the queue's wait list (new -> waiting).
+KEYS[1] wait      LIST of job ids, pushed on the left, fetched from the right
+KEYS[2] marker    ZSET with one member, woken workers block on it
+KEYS[3] events    STREAM and pub/sub channel of job events
+KEYS[4] stats     HASH of counters
+ARGV[1] prefix    "rw:{queue}:" (job hashes are prefix .. "job:" .. id)
+ARGV[2] queue     queue name
+ARGV[3..]         pairs: job id, job document (JSON)
+Returns a list with one code per job: OK, or DUPLICATE when the id already exists
+(a retried enqueue whose first reply was lost is applied once).
+]]
+-- @include common
+local prefix, queue = ARGV[1], ARGV[2]
+local now = now_ms()
+local codes = {}
+local added = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local key = prefix .. 'job:' .. id
+  if redis.call('EXISTS', key) == 1 then
+    codes[#codes + 1] = DUPLICATE
+  else
+    redis.call('HSET', key, 'data', ARGV[i + 1], 'state', 'waiting', 'attempt', 0,
+      'token', 0, 'losses', 0, 'enqueued_at', now)
+    redis.call('LPUSH', KEYS[1], id)
+    emit(KEYS[3], queue, 'enqueued', id, 0, now)
+    codes[#codes + 1] = OK
+    added = added + 1
+  end
+end
+if added > 0 then
+  redis.call('ZADD', KEYS[2], 0, 'm')
+  redis.call('HINCRBY', KEYS[4], 'enqueued', added)
+end
+return codes

@@ -1,0 +1,83 @@
+--[[ fetch: lease up to N jobs to a worker (delayed -> waiting when due, waiting -> active).
+KEYS[1] wait      LIST of waiting job ids
+KEYS[2] active    ZSET job id -> lease deadline (ms)
+KEYS[3] delayed   ZSET job id -> due time (ms)
+KEYS[4] failed    ZSET job id -> time it failed (ms)
+KEYS[5] marker    ZSET wake-up marker
+KEYS[6] events    STREAM and channel of job events
+KEYS[7] seq       STRING counter naming entries that are not jobs
+ARGV[1] prefix    ARGV[2] queue
+ARGV[3] count     how many jobs the worker has free slots for
+ARGV[4] lease_ms  lease length
+ARGV[5] worker    worker id, recorded on the job
+ARGV[6] max_bytes largest job document the worker will download
+Returns { ms until the next delayed job is due (0 if overdue) or -1 when none,
+          id1, token1, attempt1, data1, id2, ... }.
+An entry of the wait list that is not a known job id, or a document over max_bytes,
+goes to the failed store here, without being sent to the worker.
+]]
+-- @include common
+local prefix, queue = ARGV[1], ARGV[2]
+local count = tonumber(ARGV[3])
+local lease_ms = tonumber(ARGV[4])
+local worker = ARGV[5]
+local max_bytes = tonumber(ARGV[6])
+local now = now_ms()
+
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('HSET', prefix .. 'job:' .. id, 'state', 'waiting')
+  redis.call('LPUSH', KEYS[1], id)
+  emit(KEYS[6], queue, 'promoted', id, redis.call('HGET', prefix .. 'job:' .. id, 'attempt') or 0, now)
+end
+
+local function bury(id, key, reason, message, attempt)
+  redis.call('HSET', key, 'state', 'failed', 'reason', reason, 'error', message,
+    'finished_at', now)
+  redis.call('ZADD', KEYS[4], now, id)
+  emit(KEYS[6], queue, 'failed', id, attempt, now)
+  announce_end(prefix, id, 'failed')
+end
+
+local out = { -1 }
+local ids = redis.call('RPOP', KEYS[1], count)
+if ids then
+  for _, id in ipairs(ids) do
+    local key = prefix .. 'job:' .. id
+    local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
+    if not valid_id or redis.call('EXISTS', key) == 0 then
+      -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
+      local raw_id = 'raw-' .. redis.call('INCR', KEYS[7])
+      local raw_key = prefix .. 'job:' .. raw_id
+      redis.call('HSET', raw_key, 'data', string.sub(id, 1, 4096), 'attempt', 0,
+        'token', 0, 'losses', 0, 'enqueued_at', now)
+      bury(raw_id, raw_key, 'decode_error',
+        'the wait list held an entry that is not the id of a job of this queue', 0)
+    elseif redis.call('HSTRLEN', key, 'data') > max_bytes then
+      bury(id, key, 'payload_too_large',
+        'job document exceeds the worker limit of ' .. max_bytes .. ' bytes',
+        redis.call('HGET', key, 'attempt'))
+    else
+      local token = redis.call('HINCRBY', key, 'token', 1)
+      local attempt = redis.call('HINCRBY', key, 'attempt', 1)
+      redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now)
+      redis.call('ZADD', KEYS[2], now + lease_ms, id)
+      emit(KEYS[6], queue, 'active', id, attempt, now)
+      out[#out + 1] = id
+      out[#out + 1] = token
+      out[#out + 1] = attempt
+      out[#out + 1] = redis.call('HGET', key, 'data')
+    end
+  end
+end
+
+if redis.call('LLEN', KEYS[1]) > 0 then
+  -- Work is left: wake the next idle worker.
+  redis.call('ZADD', KEYS[5], 0, 'm')
+else
+  redis.call('DEL', KEYS[5])
+end
+local next_due = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+if next_due[2] then out[1] = math.max(0, tonumber(next_due[2]) - now) end
+return out

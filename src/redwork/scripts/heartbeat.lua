@@ -1,0 +1,20 @@
+--[[ heartbeat: extend the leases of jobs a worker is still running (active -> active).
+KEYS[1] active    ZSET job id -> lease deadline (ms)
+ARGV[1] prefix
+ARGV[2] lease_ms  new lease length, counted from now
+ARGV[3..]         pairs: job id, fencing token
+Returns the ids whose lease was lost (the worker must stop treating them as its own).
+]]
+-- @include common
+local prefix = ARGV[1]
+local deadline = now_ms() + tonumber(ARGV[2])
+local lost = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  if check_lease(prefix .. 'job:' .. id, ARGV[i + 1]) == OK then
+    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost

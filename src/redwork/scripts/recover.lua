@@ -1,0 +1,48 @@
+--[[ recover: take back jobs whose lease expired because their worker died, hung or
+was cut off (active -> waiting, or active -> failed with reason worker_lost once a
+job has been lost max_losses times). Any live worker runs this; there is no reaper.
+KEYS[1] wait      LIST of waiting job ids
+KEYS[2] active    ZSET job id -> lease deadline (ms)
+KEYS[3] failed    ZSET of failed job ids
+KEYS[4] marker    ZSET wake-up marker
+KEYS[5] events    STREAM and channel of job events
+KEYS[6] stats     HASH of counters
+ARGV[1] prefix    ARGV[2] queue
+ARGV[3] max_losses
+ARGV[4] limit     most jobs to take back in one call
+Returns { recovered count, buried count }.
+]]
+-- @include common
+local prefix, queue = ARGV[1], ARGV[2]
+local max_losses = tonumber(ARGV[3])
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
+local recovered, buried = 0, 0
+for _, id in ipairs(expired) do
+  local key = prefix .. 'job:' .. id
+  redis.call('ZREM', KEYS[2], id)
+  if redis.call('EXISTS', key) == 1 then
+    local losses = redis.call('HINCRBY', key, 'losses', 1)
+    local attempt = redis.call('HGET', key, 'attempt')
+    if losses >= max_losses then
+      redis.call('HSET', key, 'state', 'failed', 'reason', 'worker_lost', 'error',
+        'the worker running this job was lost ' .. losses .. ' times', 'finished_at', now)
+      redis.call('PERSIST', key)
+      redis.call('ZADD', KEYS[3], now, id)
+      emit(KEYS[5], queue, 'failed', id, attempt, now)
+      announce_end(prefix, id, 'failed')
+      buried = buried + 1
+    else
+      redis.call('HSET', key, 'state', 'waiting')
+      redis.call('RPUSH', KEYS[1], id)
+      emit(KEYS[5], queue, 'recovered', id, attempt, now)
+      recovered = recovered + 1
+    end
+  end
+end
+if recovered > 0 then
+  redis.call('ZADD', KEYS[4], 0, 'm')
+  redis.call('HINCRBY', KEYS[6], 'recovered', recovered)
+end
+if buried > 0 then redis.call('HINCRBY', KEYS[6], 'failed', buried) end
+return { recovered, buried }

