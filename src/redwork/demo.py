@@ -12,14 +12,17 @@ import subprocess
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
+from redis.client import PubSub
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from redwork.app import Redwork
-from redwork.job import JobState
+from redwork.job import JobRecord, JobState
+from redwork.queue import WORKERS_CHANNEL
 from redwork.settings import Settings, to_env
 from redwork.supervisor import worker_command
 from redwork.worker import current_job
@@ -70,39 +73,29 @@ def _run(
     client = demo.client
     rng = random.Random(seed)
     delays = [rng.randint(10, 60) for _ in range(iterations)]
-    redis = client.redis()
-    pubsub = redis.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-    pubsub.subscribe(client.queue(QUEUE).events)
-    handles = demo.enqueue_many(sleep.prepare(ms) for ms in delays)
-    console.print(
-        f"enqueued {iterations} sleep jobs (10-60 ms, {sum(delays)} ms in all); "
-        f"starting {workers} worker processes x {concurrency} slots"
+    pubsub = client.redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(client.queue(QUEUE).events, WORKERS_CHANNEL)
+    worker_settings = settings.replace(
+        concurrency=concurrency, processes=workers, queues=(QUEUE,), grace=5.0
     )
-    env = {
-        **os.environ,
-        **to_env(
-            settings.replace(concurrency=concurrency, processes=workers, queues=(QUEUE,), grace=5.0)
-        ),
-        "REDWORK_LOG_LEVEL": "WARNING",
-    }
-    started = time.perf_counter()
+    env = {**os.environ, **to_env(worker_settings), "REDWORK_LOG_LEVEL": "WARNING"}
     command = worker_command("redwork.demo:app")
     command[-1] = str(workers)
+    console.print(f"starting {workers} worker processes x {concurrency} slots")
+    started = time.perf_counter()
     supervisor = subprocess.Popen(command, env=env)
     try:
+        _wait_for_messages(pubsub, b'"event":"started"', workers, lambda n: None)
+        handles = demo.enqueue_many(sleep.prepare(ms) for ms in delays)
+        console.print(f"enqueued {iterations} sleep jobs (10-60 ms, {sum(delays)} ms in all)")
         with Progress(console=console) as progress:
             bar = progress.add_task("jobs", total=iterations)
-            done, quiet_since = 0, time.monotonic()
-            while done < iterations:
-                message = pubsub.get_message(timeout=1.0)
-                if message is None:  # a timeout, or the subscription's confirmation
-                    if time.monotonic() - quiet_since > 30:
-                        raise RuntimeError("no job finished in 30 s; are the workers running?")
-                    continue
-                quiet_since = time.monotonic()
-                if b'"event":"completed"' in message["data"] or b'"event":"failed"' in message["data"]:
-                    done += 1
-                    progress.update(bar, completed=done)
+            _wait_for_messages(
+                pubsub,
+                b'"event":"completed"',
+                iterations,
+                lambda n: progress.update(bar, completed=n),
+            )
         elapsed = time.perf_counter() - started
     finally:
         supervisor.send_signal(signal.SIGTERM)
@@ -112,7 +105,26 @@ def _run(
     _report(records, workers * concurrency, sum(delays), elapsed, console)
 
 
-def _report(records: list, slots: int, total_ms: int, elapsed: float, console: Console) -> None:  # type: ignore[type-arg]
+def _wait_for_messages(
+    pubsub: PubSub, marker: bytes, count: int, on_progress: Callable[[int], None]
+) -> None:
+    """Block on the subscription until `count` messages containing `marker` arrived."""
+    seen, quiet_since = 0, time.monotonic()
+    while seen < count:
+        message = pubsub.get_message(timeout=1.0)
+        if message is None:  # a timeout, or a subscription's confirmation
+            if time.monotonic() - quiet_since > 30:
+                raise RuntimeError("nothing happened for 30 s; are the workers running?")
+            continue
+        quiet_since = time.monotonic()
+        if marker in message["data"] or b'"event":"failed"' in message["data"]:
+            seen += 1
+            on_progress(seen)
+
+
+def _report(
+    records: list[JobRecord], slots: int, total_ms: int, elapsed: float, console: Console
+) -> None:
     per_worker: dict[str, list[int]] = defaultdict(list)
     for record in records:
         if record.state is JobState.COMPLETED:
