@@ -1,4 +1,4 @@
---[[ fail: record failed runs, for a batch of jobs. A job with a retry time is
+--[[ fail: record failed runs, for a batch of jobs. A job given a retry delay is
 scheduled again (active -> delayed); one without goes to the failed store
 (active -> failed), where it stays, without expiry, until retried or purged.
 KEYS[1] active    ZSET of leased job ids
