@@ -62,6 +62,12 @@ def _settings(ctx: click.Context, **explicit: Any) -> Settings:
     type=click.Choice(["everysec", "always"]),
     help="Embedded server's AOF fsync policy (env REDWORK_FSYNC).",
 )
+@click.option(
+    "--server-binary",
+    metavar="PATH",
+    help="valkey-server or redis-server to run as the embedded server instead of the "
+    "bundled Valkey (env REDWORK_SERVER_BINARY).",
+)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (env REDWORK_LOG_LEVEL).")
 @click.pass_context
 def cli(
@@ -69,6 +75,7 @@ def cli(
     redis_url: str | None,
     data_dir: Path | None,
     fsync: str | None,
+    server_binary: str | None,
     log_level: str | None,
 ) -> None:
     """redwork: a job queue and workers on Redis or Valkey.
@@ -80,7 +87,13 @@ def cli(
       redwork info
       redwork failed list --queue default
     """
-    ctx.obj = {"redis_url": redis_url, "data_dir": data_dir, "fsync": fsync, "log_level": log_level}
+    ctx.obj = {
+        "redis_url": redis_url,
+        "data_dir": data_dir,
+        "fsync": fsync,
+        "server_binary": server_binary,
+        "log_level": log_level,
+    }
     level = log_level or os.environ.get("REDWORK_LOG_LEVEL") or "INFO"
     logging.basicConfig(
         level=level.upper(),
@@ -194,7 +207,7 @@ def _embedded(ctx: click.Context) -> Any:
     from redwork.server import EmbeddedServer
 
     settings = _settings(ctx.find_root())
-    return EmbeddedServer(settings.data_dir, fsync=settings.fsync)
+    return EmbeddedServer(settings.data_dir, fsync=settings.fsync, binary=settings.server_binary)
 
 
 @server.command("start")

@@ -7,8 +7,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from functools import partial
+from typing import Any, TypeVar
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -20,6 +21,7 @@ from redwork.queue import QUEUES_KEY, Op, Queue, arun, run
 from redwork.scripts import Code
 from redwork.settings import Settings
 
+T = TypeVar("T")
 log = logging.getLogger("redwork.client")
 # Jobs per enqueue script call: large enough to amortise the round trip, small enough
 # not to hold the server for more than a few milliseconds.
@@ -68,7 +70,7 @@ class Client:
     def redis(self) -> Redis:
         if self._sync is None:
             client = connection.sync_client(self.url, self.settings)
-            connection.check_server(client.info())
+            connection.check_server(self._retrying(client.info, "connect"))
             self._sync = client
         return self._sync
 
@@ -84,7 +86,9 @@ class Client:
             self.redis().sadd(QUEUES_KEY, *new_queues)
             self._known_queues.update(new_queues)
         for queue, jobs in _chunks(encoded):
-            self._log_duplicates(jobs, run(self.redis(), queue.enqueue(jobs)))
+            op = queue.enqueue(jobs)
+            codes = self._retrying(partial(run, self.redis(), op), "enqueue")
+            self._log_duplicates(jobs, codes)
         return [e.id for e in envelopes]
 
     def job(self, queue: str, job_id: str) -> JobRecord:
@@ -125,7 +129,7 @@ class Client:
         if self._async is None:
             url = await asyncio.to_thread(lambda: self.url) if self._url is None else self._url
             client = connection.async_client(url, self.settings)
-            connection.check_server(await client.info())
+            connection.check_server(await self._aretrying(client.info, "connect"))
             self._async = client
         return self._async
 
@@ -140,7 +144,9 @@ class Client:
             await client.sadd(QUEUES_KEY, *new_queues)
             self._known_queues.update(new_queues)
         for queue, jobs in _chunks(encoded):
-            self._log_duplicates(jobs, await arun(client, queue.enqueue(jobs)))
+            op = queue.enqueue(jobs)
+            codes = await self._aretrying(partial(arun, client, op), "enqueue")
+            self._log_duplicates(jobs, codes)
         return [e.id for e in envelopes]
 
     async def ajob(self, queue: str, job_id: str) -> JobRecord:
@@ -177,6 +183,13 @@ class Client:
             self._async = None
 
     # -- shared -----------------------------------------------------------------------
+
+    def _retrying(self, call: Callable[[], T], what: str) -> T:
+        # Safe to repeat: an enqueue whose reply was lost is DUPLICATE the second time.
+        return connection.retrying(call, what, self.settings.reconnect_for)
+
+    async def _aretrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
+        return await connection.aretrying(call, what, self.settings.reconnect_for)
 
     def _encode(self, envelopes: Sequence[Envelope]) -> list[tuple[Queue, str, bytes]]:
         limit = self.settings.max_payload

