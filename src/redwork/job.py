@@ -17,7 +17,7 @@ from redwork.errors import InvalidName, PayloadTooLarge, SerializationError
 PROTOCOL_VERSION = 1
 # Job ids and queue names go into Redis keys and into events built by the scripts
 # without escaping, so they are limited to characters that need none.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class JobState(StrEnum):
@@ -50,7 +50,7 @@ class FailureReason(StrEnum):
 
 
 def check_name(kind: str, name: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise InvalidName(
             f"{kind} {name!r} is invalid: use 1 to 128 characters from A-Z a-z 0-9 _ . : -"
         )

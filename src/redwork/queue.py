@@ -145,6 +145,7 @@ class Queue:
             self.marker,
             self.events,
             self.seq,
+            self.stats,
         )
         return Op(
             parse,

@@ -3,6 +3,7 @@ explicit values (CLI flags or keyword arguments). Nothing else reads the environ
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -71,8 +72,12 @@ class Settings:
             raise ConfigurationError(f"fsync must be everysec or always, not {self.fsync!r}")
         if self.concurrency < 1 or self.processes < 1:
             raise ConfigurationError("concurrency and processes must be at least 1")
-        if self.lease <= 0 or self.block_timeout <= 0 or self.grace < 0:
-            raise ConfigurationError("lease and block_timeout must be positive, grace >= 0")
+        positive = (self.lease, self.block_timeout, self.socket_timeout)
+        # Written as "not >" so that NaN, which compares false to everything, is refused.
+        if not all(value > 0 and math.isfinite(value) for value in positive):
+            raise ConfigurationError("lease, block_timeout and socket_timeout must be positive")
+        if not (self.grace >= 0 and self.reconnect_for >= 0):
+            raise ConfigurationError("grace and reconnect_for must be 0 or more")
         if self.max_losses < 1:
             raise ConfigurationError("max_losses must be at least 1")
         if not self.queues:

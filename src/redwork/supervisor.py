@@ -42,6 +42,8 @@ class Supervisor:
         self.children: dict[int, int] = {}  # pid -> slot
         self.stopping = False
         self._restarts: dict[int, float] = {}
+        self._signals: list[int] = []
+        self._forwarded: dict[int, int] = {}  # pid -> how many of _signals it was sent
 
     def _spawn(self, slot: int) -> None:
         parent = os.getpid()
@@ -55,6 +57,14 @@ class Supervisor:
         )
         self.children[child.pid] = slot
         log.info("worker process %d started (pid %d)", slot, child.pid)
+        self._forward(child.pid)  # a stop signal may have come while it was starting
+
+    def _forward(self, pid: int) -> None:
+        """Send the child each stop signal it has not had yet, once."""
+        while (sent := self._forwarded.get(pid, 0)) < len(self._signals):
+            self._forwarded[pid] = sent + 1
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, self._signals[sent])
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         if self.stopping:
@@ -62,14 +72,16 @@ class Supervisor:
         else:
             log.info("stopping %d worker processes", len(self.children))
         self.stopping = True
+        self._signals.append(signum)
         for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+            self._forward(pid)
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         for slot in range(self.processes):
+            if self.stopping:
+                break
             self._spawn(slot)
         worst = 0
         while self.children:

@@ -5,6 +5,7 @@ Its roles run in one TaskGroup: fetcher, reporter, heartbeat and recoverer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
@@ -106,6 +107,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._closing = False
+        self._services_done = asyncio.Event()
         self._completed: dict[str, list[tuple[str, int, bytes]]] = defaultdict(list)
         self._failed: dict[str, list[Failure]] = defaultdict(list)
         self._reports_pending = asyncio.Event()
@@ -130,36 +132,60 @@ class Worker:
                 len(self._running),
             )
             self._stop.set()
+            self._slot_freed.set()
 
     async def run(self) -> None:
         url = await asyncio.to_thread(connection.resolve_url, self.settings)
         self._redis = connection.async_client(url, self.settings)
         self._blocking = connection.async_client(url, self.settings, blocking=True)
         try:
-            info = await connection.aretrying(self._redis.info, "connect", float("inf"))
-            connection.check_server(info)
-            await connection.aretrying(self._register, "register", float("inf"))
+            started, _ = await self._unless_stopped(self._start_up())
+            if not started:
+                return
             async with asyncio.TaskGroup() as roles:
+                # Roles are never cancelled: each ends by itself once told to stop, so that
+                # no reply in flight (a fetch that leased jobs, a report) is thrown away.
                 fetcher = roles.create_task(self._fetch_loop(), name="fetcher")
                 reporter = roles.create_task(self._report_loop(), name="reporter")
-                services = [
-                    roles.create_task(self._heartbeat_loop(), name="heartbeat"),
-                    roles.create_task(self._recover_loop(), name="recoverer"),
-                ]
+                roles.create_task(self._heartbeat_loop(), name="heartbeat")
+                roles.create_task(self._recover_loop(), name="recoverer")
                 await self._stop.wait()
-                fetcher.cancel()
+                await fetcher
                 await self._drain()
                 await self._hand_back_unfinished()
                 self._closing = True
                 self._reports_pending.set()
                 await reporter
-                for service in services:
-                    service.cancel()
+                self._services_done.set()
             await self._deregister()
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self._redis.aclose()
             await self._blocking.aclose()
+
+    async def _start_up(self) -> None:
+        assert self._redis is not None
+        info = await connection.aretrying(self._redis.info, "connect", float("inf"))
+        connection.check_server(info)
+        await connection.aretrying(self._register, "register", float("inf"))
+
+    async def _unless_stopped(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await `awaitable` unless a stop is requested first, in which case it is
+        cancelled; only for waits whose cancellation loses nothing."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+            return False, None
+        return True, work.result()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep between rounds of a service role, waking early when the worker closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._services_done.wait(), seconds)
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,10 +232,10 @@ class Worker:
         assert self._blocking is not None
         markers = [q.marker for q in self.queues]
         backoff = Backoff()
-        while True:
+        while not self._stop.is_set():
             if self._free == 0:
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                await self._slot_freed.wait()  # stop() sets it too
                 continue
             try:
                 got, next_due_ms = await self._fetch_once()
@@ -217,7 +243,8 @@ class Worker:
                     timeout = self.settings.block_timeout
                     if next_due_ms is not None:
                         timeout = min(timeout, max(next_due_ms / 1000, 0.001))
-                    await self._blocking.bzpopmin(markers, timeout)
+                    # Losing a popped marker to a stop is harmless: markers only wake.
+                    await self._unless_stopped(self._blocking.bzpopmin(markers, timeout))
                 backoff.reset()
             except TRANSIENT as exc:
                 await asyncio.sleep(backoff.next("fetch", exc))
@@ -358,6 +385,14 @@ class Worker:
                 await self._flush_reports()
                 backoff.reset()
             except TRANSIENT as exc:
+                if self._hard_stop.is_set():
+                    log.error(
+                        "server away during a hard stop: %d outcomes not reported; their "
+                        "jobs run again once their lease ends",
+                        sum(map(len, self._completed.values()))
+                        + sum(map(len, self._failed.values())),
+                    )
+                    return
                 self._reports_pending.set()
                 await asyncio.sleep(backoff.next("report results", exc))
                 continue
@@ -397,7 +432,9 @@ class Worker:
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         while True:
-            await asyncio.sleep(self.settings.heartbeat_interval)
+            await self._pause(self.settings.heartbeat_interval)
+            if self._services_done.is_set():
+                return
             try:
                 await self._extend_leases()
                 await self._announce()
@@ -426,7 +463,7 @@ class Worker:
                 running.task.cancel()
 
     async def _recover_loop(self) -> None:
-        while True:
+        while not self._services_done.is_set():
             for queue in self.queues:
                 try:
                     recovered, buried = await self._call(queue.recover(self.settings.max_losses))
@@ -440,7 +477,7 @@ class Worker:
                 except TRANSIENT as exc:
                     log.warning("recovery check failed: %s", exc)
             # Jitter spreads the checks of many workers over the interval.
-            await asyncio.sleep(self.settings.lease / 2 * (0.5 + random.random()))
+            await self._pause(self.settings.lease / 2 * (0.5 + random.random()))
 
     # -- registry ---------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ KEYS[4] failed    ZSET job id -> time it failed (ms)
 KEYS[5] marker    ZSET wake-up marker
 KEYS[6] events    STREAM and channel of job events
 KEYS[7] seq       STRING counter naming entries that are not jobs
+KEYS[8] stats     HASH of counters
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] count     how many jobs the worker has free slots for
 ARGV[4] lease_ms  lease length
@@ -36,6 +37,7 @@ local function bury(id, key, reason, message, attempt)
   redis.call('HSET', key, 'state', 'failed', 'reason', reason, 'error', message,
     'finished_at', now)
   redis.call('ZADD', KEYS[4], now, id)
+  redis.call('HINCRBY', KEYS[8], 'failed', 1)
   emit(KEYS[6], queue, 'failed', id, attempt, now)
   announce_end(prefix, id, 'failed')
 end
