@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -68,10 +69,30 @@ async def worker(app: Redwork) -> AsyncIterator[Worker]:
     running = Worker(app)
     task = asyncio.create_task(running.run())
     yield running
-    running.stop()
-    running.stop()
-    await asyncio.wait_for(task, 10)
+    stopped = await stop_worker(running, task)
     await app.client.aclose()
+    assert stopped, "Worker.run() did not return after stop()"
+
+
+async def stop_worker(
+    worker: Worker, task: asyncio.Task[None], timeout: float = 3.0, *, hard: bool = True
+) -> bool:
+    """Stop a worker running in this loop as `task`: stop() twice (hand back at once), or
+    once if not `hard` (let running jobs finish within the grace period). Returns whether
+    run() returned by itself within `timeout`; if not, its task is cancelled until it ends
+    (never asyncio.wait_for(task): on a timeout that waits for the cancelled task)."""
+    worker.stop()
+    if hard:
+        worker.stop()
+    await asyncio.wait({task}, timeout=timeout)
+    if task.done():
+        task.result()
+        return True
+    logging.getLogger("tests").error("worker %s ignored stop(); cancelling it", worker.id)
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    return False
 
 
 def worker_env(settings: Settings, **overrides: Any) -> dict[str, str]:
@@ -123,12 +144,28 @@ def spawn_worker(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
             proc.wait()
 
 
+def job_events(raw: dict[bytes, bytes]) -> list[dict[str, str]]:
+    """One stream entry (an event of a script call, naming every job it concerned) as
+    one dict per job: event, job, attempt, at."""
+    fields = {k.decode(): v.decode() for k, v in raw.items()}
+    jobs, attempts = fields["jobs"].split(","), fields["attempts"].split(",")
+    return [
+        {"event": fields["event"], "job": job, "attempt": attempt, "at": fields["at"]}
+        for job, attempt in zip(jobs, attempts, strict=True)
+    ]
+
+
 def wait_for_event(
-    client: redis.Redis, queue: str, event: str, job_id: str | None = None,
-    timeout: float = 15.0, after: str = "0",
+    client: redis.Redis,
+    queue: str,
+    event: str,
+    job_id: str | None = None,
+    timeout: float = 15.0,
+    after: str = "0",
 ) -> dict[str, str]:
     """Block (XREAD on the queue's event stream, so nothing is missed) until an event
-    of that kind, for that job if given, has been recorded; returns its fields."""
+    of that kind, for that job if given, has been recorded; returns it (event, job,
+    attempt, at)."""
     stream = Queue(queue).events
     deadline = time.monotonic() + timeout
     last = after
@@ -137,12 +174,13 @@ def wait_for_event(
         for _, entries in reply or []:
             for entry_id, raw in entries:
                 last = entry_id
-                fields = {k.decode(): v.decode() for k, v in raw.items()}
-                if fields["event"] == event and job_id in (None, fields["job"]):
-                    return fields
+                for job in job_events(raw):
+                    if job["event"] == event and job_id in (None, job["job"]):
+                        return job
     raise TimeoutError(f"no {event} event for {job_id or 'any job'} in {queue} in {timeout}s")
 
 
 def count_events(client: redis.Redis, queue: str, event: str) -> int:
+    """How many jobs had an event of that kind (the stream batches them per call)."""
     entries = client.xrange(Queue(queue).events, "-", "+")
-    return sum(1 for _, fields in entries if fields[b"event"] == event.encode())
+    return sum(1 for _, raw in entries for job in job_events(raw) if job["event"] == event)

@@ -17,7 +17,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redwork import connection
 from redwork.errors import JobFailed, JobNotFound, ResultTimeout
 from redwork.job import Envelope, JobRecord, JobState
-from redwork.queue import QUEUES_KEY, Op, Queue, arun, run
+from redwork.queue import QUEUES_KEY, Op, Queue, arun, arun_many, run, run_many
 from redwork.scripts import Code
 from redwork.settings import Settings
 
@@ -85,10 +85,10 @@ class Client:
         if new_queues:
             self.redis().sadd(QUEUES_KEY, *new_queues)
             self._known_queues.update(new_queues)
-        for queue, jobs in _chunks(encoded):
-            op = queue.enqueue(jobs)
-            codes = self._retrying(partial(run, self.redis(), op), "enqueue")
-            self._log_duplicates(jobs, codes)
+        chunks = list(_chunks(encoded))
+        ops = [queue.enqueue(jobs) for queue, jobs in chunks]
+        replies = self._retrying(partial(run_many, self.redis(), ops), "enqueue")
+        self._log_duplicates(chunks, replies)
         return [e.id for e in envelopes]
 
     def job(self, queue: str, job_id: str) -> JobRecord:
@@ -143,10 +143,10 @@ class Client:
         if new_queues:
             await client.sadd(QUEUES_KEY, *new_queues)
             self._known_queues.update(new_queues)
-        for queue, jobs in _chunks(encoded):
-            op = queue.enqueue(jobs)
-            codes = await self._aretrying(partial(arun, client, op), "enqueue")
-            self._log_duplicates(jobs, codes)
+        chunks = list(_chunks(encoded))
+        ops = [queue.enqueue(jobs) for queue, jobs in chunks]
+        replies = await self._aretrying(partial(arun_many, client, ops), "enqueue")
+        self._log_duplicates(chunks, replies)
         return [e.id for e in envelopes]
 
     async def ajob(self, queue: str, job_id: str) -> JobRecord:
@@ -199,10 +199,13 @@ class Client:
         return {e.queue for e in envelopes} - self._known_queues
 
     @staticmethod
-    def _log_duplicates(jobs: list[tuple[str, bytes]], codes: list[Code]) -> None:
-        for (job_id, _), code in zip(jobs, codes, strict=True):
-            if code is Code.DUPLICATE:
-                log.info("job %s exists already; not enqueued again", job_id)
+    def _log_duplicates(
+        chunks: list[tuple[Queue, list[tuple[str, bytes]]]], replies: list[list[Code]]
+    ) -> None:
+        for (_, jobs), codes in zip(chunks, replies, strict=True):
+            for (job_id, _), code in zip(jobs, codes, strict=True):
+                if code is Code.DUPLICATE:
+                    log.info("job %s exists already; not enqueued again", job_id)
 
 
 def _result_of(record: JobRecord) -> Any:

@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 from redis.client import PubSub
 from rich.console import Console
 from rich.progress import Progress
@@ -85,14 +86,14 @@ def _run(
     started = time.perf_counter()
     supervisor = subprocess.Popen(command, env=env)
     try:
-        _wait_for_messages(pubsub, b'"event":"started"', workers, lambda n: None)
+        _wait_for_messages(pubsub, "started", workers, lambda n: None)
         handles = demo.enqueue_many(sleep.prepare(ms) for ms in delays)
         console.print(f"enqueued {iterations} sleep jobs (10-60 ms, {sum(delays)} ms in all)")
         with Progress(console=console) as progress:
             bar = progress.add_task("jobs", total=iterations)
             _wait_for_messages(
                 pubsub,
-                b'"event":"completed"',
+                "completed",
                 iterations,
                 lambda n: progress.update(bar, completed=n),
             )
@@ -106,9 +107,10 @@ def _run(
 
 
 def _wait_for_messages(
-    pubsub: PubSub, marker: bytes, count: int, on_progress: Callable[[int], None]
+    pubsub: PubSub, event: str, count: int, on_progress: Callable[[int], None]
 ) -> None:
-    """Block on the subscription until `count` messages containing `marker` arrived."""
+    """Block on the subscription until `count` jobs (or workers) had `event`; a failed
+    job counts as done too."""
     seen, quiet_since = 0, time.monotonic()
     while seen < count:
         message = pubsub.get_message(timeout=1.0)
@@ -117,8 +119,9 @@ def _wait_for_messages(
                 raise RuntimeError("nothing happened for 30 s; are the workers running?")
             continue
         quiet_since = time.monotonic()
-        if marker in message["data"] or b'"event":"failed"' in message["data"]:
-            seen += 1
+        body = orjson.loads(message["data"])
+        if body["event"] in (event, "failed"):
+            seen += len(body.get("jobs", [None]))
             on_progress(seen)
 
 

@@ -6,6 +6,7 @@ the async clients share every line of it; `run` and `arun` send one.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -38,6 +39,12 @@ class Op(Generic[T]):
     command: Sequence[str | bytes | int] = ()
 
 
+def _command(op: Op[Any]) -> Sequence[Any]:
+    if op.script is None:
+        return op.command
+    return ("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
+
+
 def run(client: redis.Redis, op: Op[T]) -> T:
     if op.script is None:
         return op.parse(client.execute_command(*op.command))  # type: ignore[no-untyped-call]
@@ -56,6 +63,72 @@ async def arun(client: redis.asyncio.Redis, op: Op[T]) -> T:
     except redis.exceptions.NoScriptError:
         reply = await client.eval(op.script.source, len(op.keys), *op.keys, *op.args)
     return op.parse(reply)
+
+
+# Calls in flight on one connection in run_many: enough to keep the server busy while
+# the caller builds the next call, few enough to bound the replies waiting to be read.
+WINDOW = 8
+
+
+def run_many(client: redis.Redis, ops: Iterable[Op[T]]) -> list[T]:
+    """Send ops over one connection without waiting for each reply, so that building
+    the next op (ops may be a generator) overlaps the server running the last."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    pending: deque[Op[T]] = deque()
+    results: list[T] = []
+
+    def read_one() -> None:
+        op = pending.popleft()
+        try:
+            results.append(op.parse(conn.read_response()))
+        except redis.exceptions.NoScriptError:
+            results.append(run(client, op))  # loads the script for the calls that follow
+
+    try:
+        for op in ops:
+            conn.send_command(*_command(op))  # type: ignore[no-untyped-call]
+            pending.append(op)
+            if len(pending) >= WINDOW:
+                read_one()
+        while pending:
+            read_one()
+    except BaseException:
+        conn.disconnect()  # type: ignore[no-untyped-call]  # replies may be left unread
+        raise
+    finally:
+        pool.release(conn)
+    return results
+
+
+async def arun_many(client: redis.asyncio.Redis, ops: Iterable[Op[T]]) -> list[T]:
+    """The async twin of run_many()."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    pending: deque[Op[T]] = deque()
+    results: list[T] = []
+
+    async def read_one() -> None:
+        op = pending.popleft()
+        try:
+            results.append(op.parse(await conn.read_response()))
+        except redis.exceptions.NoScriptError:
+            results.append(await arun(client, op))
+
+    try:
+        for op in ops:
+            await conn.send_command(*_command(op))
+            pending.append(op)
+            if len(pending) >= WINDOW:
+                await read_one()
+        while pending:
+            await read_one()
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+    return results
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,29 +11,31 @@ nothing is written) or ALREADY_DONE (this delivery was already recorded).
 -- @include common
 local prefix, queue, ttl = ARGV[1], ARGV[2], ARGV[3]
 local now = now_ms()
-local codes = {}
-local done, fenced = 0, 0
+local codes, done = {}, {}
+local fenced = 0
 for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local code = check_lease(key, ARGV[i + 1])
+  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
+  local code = lease_code(job[1], job[2], ARGV[i + 1])
   if code == OK then
     redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished_at', now)
     redis.call('EXPIRE', key, ttl)
-    redis.call('ZREM', KEYS[1], id)
-    emit(KEYS[2], queue, 'completed', id, redis.call('HGET', key, 'attempt'), now)
+    done[#done + 1] = id
+    note('completed', id, job[3])
     announce_end(prefix, id, 'completed')
-    done = done + 1
   elseif code == LEASE_LOST then
     fenced = fenced + 1
   end
   codes[#codes + 1] = code
 end
-if done > 0 then
-  redis.call('HINCRBY', KEYS[3], 'completed', done)
+if #done > 0 then
+  call_chunked('ZREM', KEYS[1], done)
+  redis.call('HINCRBY', KEYS[3], 'completed', #done)
   local minute = prefix .. 'done:' .. math.floor(now / 60000)
-  redis.call('INCRBY', minute, done)
+  redis.call('INCRBY', minute, #done)
   redis.call('EXPIRE', minute, 3600)
 end
 if fenced > 0 then redis.call('HINCRBY', KEYS[3], 'fenced', fenced) end
+flush_events(KEYS[2], queue, now)
 return codes

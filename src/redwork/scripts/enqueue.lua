@@ -12,8 +12,7 @@ Returns a list with one code per job: OK, or DUPLICATE when the id already exist
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
 local now = now_ms()
-local codes = {}
-local added = 0
+local codes, added = {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
@@ -22,14 +21,15 @@ for i = 3, #ARGV, 2 do
   else
     redis.call('HSET', key, 'data', ARGV[i + 1], 'state', 'waiting', 'attempt', 0,
       'token', 0, 'losses', 0, 'enqueued_at', now)
-    redis.call('LPUSH', KEYS[1], id)
-    emit(KEYS[3], queue, 'enqueued', id, 0, now)
+    added[#added + 1] = id
+    note('enqueued', id, 0)
     codes[#codes + 1] = OK
-    added = added + 1
   end
 end
-if added > 0 then
+if #added > 0 then
+  call_chunked('LPUSH', KEYS[1], added)
   redis.call('ZADD', KEYS[2], 0, 'm')
-  redis.call('HINCRBY', KEYS[4], 'enqueued', added)
+  redis.call('HINCRBY', KEYS[4], 'enqueued', #added)
 end
+flush_events(KEYS[3], queue, now)
 return codes

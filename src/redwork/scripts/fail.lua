@@ -15,28 +15,27 @@ Returns one code per job: OK, LEASE_LOST or ALREADY_DONE (as complete).
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
 local now = now_ms()
-local codes = {}
+local codes, ended = {}, {}
 local dead, retried, fenced = 0, 0, 0
 for i = 3, #ARGV, 5 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local code = check_lease(key, ARGV[i + 1])
+  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
+  local code = lease_code(job[1], job[2], ARGV[i + 1])
   if code == OK then
     local retry_in = tonumber(ARGV[i + 4])
-    local attempt = redis.call('HGET', key, 'attempt')
-    redis.call('ZREM', KEYS[1], id)
+    ended[#ended + 1] = id
     if retry_in >= 0 then
       redis.call('HSET', key, 'state', 'delayed', 'reason', ARGV[i + 2], 'error', ARGV[i + 3])
       redis.call('ZADD', KEYS[2], now + retry_in, id)
-      redis.call('ZADD', KEYS[6], 0, 'm')
-      emit(KEYS[4], queue, 'retry_scheduled', id, attempt, now)
+      note('retry_scheduled', id, job[3])
       retried = retried + 1
     else
       redis.call('HSET', key, 'state', 'failed', 'reason', ARGV[i + 2], 'error', ARGV[i + 3],
         'finished_at', now)
       redis.call('PERSIST', key)
       redis.call('ZADD', KEYS[3], now, id)
-      emit(KEYS[4], queue, 'failed', id, attempt, now)
+      note('failed', id, job[3])
       announce_end(prefix, id, 'failed')
       dead = dead + 1
     end
@@ -45,7 +44,12 @@ for i = 3, #ARGV, 5 do
   end
   codes[#codes + 1] = code
 end
+if #ended > 0 then call_chunked('ZREM', KEYS[1], ended) end
+if retried > 0 then
+  redis.call('ZADD', KEYS[6], 0, 'm')
+  redis.call('HINCRBY', KEYS[5], 'retried', retried)
+end
 if dead > 0 then redis.call('HINCRBY', KEYS[5], 'failed', dead) end
-if retried > 0 then redis.call('HINCRBY', KEYS[5], 'retried', retried) end
 if fenced > 0 then redis.call('HINCRBY', KEYS[5], 'fenced', fenced) end
+flush_events(KEYS[4], queue, now)
 return codes

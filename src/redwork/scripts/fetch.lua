@@ -20,17 +20,20 @@ goes to the failed store here, without being sent to the worker.
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
 local count = tonumber(ARGV[3])
-local lease_ms = tonumber(ARGV[4])
 local worker = ARGV[5]
 local max_bytes = tonumber(ARGV[6])
 local now = now_ms()
+local deadline_ms = now + tonumber(ARGV[4])
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
-for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HSET', prefix .. 'job:' .. id, 'state', 'waiting')
-  redis.call('LPUSH', KEYS[1], id)
-  emit(KEYS[6], queue, 'promoted', id, redis.call('HGET', prefix .. 'job:' .. id, 'attempt') or 0, now)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, CHUNK)
+if #due > 0 then
+  for _, id in ipairs(due) do
+    local key = prefix .. 'job:' .. id
+    redis.call('HSET', key, 'state', 'waiting')
+    note('promoted', id, redis.call('HGET', key, 'attempt'))
+  end
+  call_chunked('ZREM', KEYS[3], due)
+  call_chunked('LPUSH', KEYS[1], due)
 end
 
 local function bury(id, key, reason, message, attempt)
@@ -38,17 +41,19 @@ local function bury(id, key, reason, message, attempt)
     'finished_at', now)
   redis.call('ZADD', KEYS[4], now, id)
   redis.call('HINCRBY', KEYS[8], 'failed', 1)
-  emit(KEYS[6], queue, 'failed', id, attempt, now)
+  note('failed', id, attempt)
   announce_end(prefix, id, 'failed')
 end
 
 local out = { -1 }
+local leases = {}
 local ids = redis.call('RPOP', KEYS[1], count)
 if ids then
   for _, id in ipairs(ids) do
     local key = prefix .. 'job:' .. id
     local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
-    if not valid_id or redis.call('EXISTS', key) == 0 then
+    local job = valid_id and redis.call('HMGET', key, 'data', 'token', 'attempt') or { false }
+    if not job[1] then
       -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
       local raw_id = 'raw-' .. redis.call('INCR', KEYS[7])
       local raw_key = prefix .. 'job:' .. raw_id
@@ -56,23 +61,25 @@ if ids then
         'token', 0, 'losses', 0, 'enqueued_at', now)
       bury(raw_id, raw_key, 'decode_error',
         'the wait list held an entry that is not the id of a job of this queue', 0)
-    elseif redis.call('HSTRLEN', key, 'data') > max_bytes then
+    elseif #job[1] > max_bytes then
       bury(id, key, 'payload_too_large',
-        'job document exceeds the worker limit of ' .. max_bytes .. ' bytes',
-        redis.call('HGET', key, 'attempt'))
+        'job document exceeds the worker limit of ' .. max_bytes .. ' bytes', job[3])
     else
-      local token = redis.call('HINCRBY', key, 'token', 1)
-      local attempt = redis.call('HINCRBY', key, 'attempt', 1)
-      redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now)
-      redis.call('ZADD', KEYS[2], now + lease_ms, id)
-      emit(KEYS[6], queue, 'active', id, attempt, now)
+      local token = tonumber(job[2]) + 1
+      local attempt = tonumber(job[3]) + 1
+      redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
+        'token', token, 'attempt', attempt)
+      leases[#leases + 1] = deadline_ms
+      leases[#leases + 1] = id
+      note('active', id, attempt)
       out[#out + 1] = id
       out[#out + 1] = token
       out[#out + 1] = attempt
-      out[#out + 1] = redis.call('HGET', key, 'data')
+      out[#out + 1] = job[1]
     end
   end
 end
+if #leases > 0 then call_chunked('ZADD', KEYS[2], leases, 2) end
 
 if redis.call('LLEN', KEYS[1]) > 0 then
   -- Work is left: wake the next idle worker.
@@ -82,4 +89,5 @@ else
 end
 local next_due = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if next_due[2] then out[1] = math.max(0, tonumber(next_due[2]) - now) end
+flush_events(KEYS[6], queue, now)
 return out

@@ -11,22 +11,26 @@ Returns one code per job: OK or LEASE_LOST.
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
 local now = now_ms()
-local codes = {}
+local codes, returned = {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local code = check_lease(key, ARGV[i + 1])
-  if code == OK then
-    local attempt = redis.call('HINCRBY', key, 'attempt', -1)
-    redis.call('HSET', key, 'state', 'waiting')
+  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
+  if lease_code(job[1], job[2], ARGV[i + 1]) == OK then
+    local attempt = tonumber(job[3]) - 1
+    redis.call('HSET', key, 'state', 'waiting', 'attempt', attempt)
     redis.call('HDEL', key, 'worker')
-    redis.call('ZREM', KEYS[2], id)
-    redis.call('RPUSH', KEYS[1], id)
-    emit(KEYS[4], queue, 'returned', id, attempt, now)
+    returned[#returned + 1] = id
+    note('returned', id, attempt)
+    codes[#codes + 1] = OK
   else
-    code = LEASE_LOST
+    codes[#codes + 1] = LEASE_LOST
   end
-  codes[#codes + 1] = code
 end
-redis.call('ZADD', KEYS[3], 0, 'm')
+if #returned > 0 then
+  call_chunked('ZREM', KEYS[2], returned)
+  call_chunked('RPUSH', KEYS[1], returned)
+  redis.call('ZADD', KEYS[3], 0, 'm')
+end
+flush_events(KEYS[4], queue, now)
 return codes

@@ -8,13 +8,16 @@ Returns the ids whose lease was lost (the worker must stop treating them as its 
 -- @include common
 local prefix = ARGV[1]
 local deadline = now_ms() + tonumber(ARGV[2])
-local lost = {}
+local lost, leases = {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
-  if check_lease(prefix .. 'job:' .. id, ARGV[i + 1]) == OK then
-    redis.call('ZADD', KEYS[1], 'XX', deadline, id)
+  local job = redis.call('HMGET', prefix .. 'job:' .. id, 'state', 'token')
+  if lease_code(job[1], job[2], ARGV[i + 1]) == OK then
+    leases[#leases + 1] = deadline
+    leases[#leases + 1] = id
   else
     lost[#lost + 1] = id
   end
 end
+if #leases > 0 then call_chunked('ZADD', KEYS[1], leases, 2, 'XX') end
 return lost

@@ -10,39 +10,41 @@ KEYS[6] stats     HASH of counters
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] max_losses
 ARGV[4] limit     most jobs to take back in one call
-Returns { recovered count, buried count }.
+Returns { recovered count, failed count }.
 ]]
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
 local max_losses = tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-local recovered, buried = 0, 0
+local recovered, buried = {}, 0
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
-  redis.call('ZREM', KEYS[2], id)
-  if redis.call('EXISTS', key) == 1 then
-    local losses = redis.call('HINCRBY', key, 'losses', 1)
-    local attempt = redis.call('HGET', key, 'attempt')
+  local job = redis.call('HMGET', key, 'attempt', 'losses')
+  if job[1] then
+    local losses = tonumber(job[2] or 0) + 1
     if losses >= max_losses then
-      redis.call('HSET', key, 'state', 'failed', 'reason', 'worker_lost', 'error',
-        'the worker running this job was lost ' .. losses .. ' times', 'finished_at', now)
+      redis.call('HSET', key, 'state', 'failed', 'losses', losses, 'reason', 'worker_lost',
+        'error', 'the worker running this job was lost ' .. losses .. ' times',
+        'finished_at', now)
       redis.call('PERSIST', key)
       redis.call('ZADD', KEYS[3], now, id)
-      emit(KEYS[5], queue, 'failed', id, attempt, now)
+      note('failed', id, job[1])
       announce_end(prefix, id, 'failed')
       buried = buried + 1
     else
-      redis.call('HSET', key, 'state', 'waiting')
-      redis.call('RPUSH', KEYS[1], id)
-      emit(KEYS[5], queue, 'recovered', id, attempt, now)
-      recovered = recovered + 1
+      redis.call('HSET', key, 'state', 'waiting', 'losses', losses)
+      recovered[#recovered + 1] = id
+      note('recovered', id, job[1])
     end
   end
 end
-if recovered > 0 then
+if #expired > 0 then call_chunked('ZREM', KEYS[2], expired) end
+if #recovered > 0 then
+  call_chunked('RPUSH', KEYS[1], recovered)
   redis.call('ZADD', KEYS[4], 0, 'm')
-  redis.call('HINCRBY', KEYS[6], 'recovered', recovered)
+  redis.call('HINCRBY', KEYS[6], 'recovered', #recovered)
 end
 if buried > 0 then redis.call('HINCRBY', KEYS[6], 'failed', buried) end
-return { recovered, buried }
+flush_events(KEYS[5], queue, now)
+return { #recovered, buried }

@@ -20,9 +20,10 @@ for _, id in ipairs(ids) do
   if string.sub(id, 1, 4) ~= 'raw-' and redis.call('ZREM', KEYS[2], id) == 1 then
     redis.call('HSET', prefix .. 'job:' .. id, 'state', 'waiting', 'attempt', 0, 'losses', 0)
     redis.call('LPUSH', KEYS[1], id)
-    emit(KEYS[4], queue, 'requeued', id, 0, now)
+    note('requeued', id, 0)
     moved = moved + 1
   end
 end
 if moved > 0 then redis.call('ZADD', KEYS[3], 0, 'm') end
+flush_events(KEYS[4], queue, now)
 return moved

@@ -1,4 +1,5 @@
--- Shared by every transition: return codes, the server clock and event emission.
+-- Shared by every transition: return codes, the server clock, batched events and
+-- the fencing check.
 -- Return codes; mirrored by redwork.scripts.Code.
 local OK = 0
 local LEASE_LOST = 1
@@ -8,6 +9,8 @@ local NOT_FOUND = 4
 
 -- The events stream keeps roughly this many entries (XADD MAXLEN ~).
 local EVENTS_MAXLEN = 10000
+-- Most arguments passed to one command built from a list (Lua's unpack has a limit).
+local CHUNK = 1000
 
 -- Server time in milliseconds: every lease and schedule uses one clock, Redis's,
 -- so that workers with skewed clocks still agree.
@@ -16,14 +19,45 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Record a job event in the capped stream (replay) and on the queue's channel (live).
+-- Run `command key [option] item...` over a list, CHUNK items (of `step` arguments
+-- each) at a time.
+local function call_chunked(command, key, items, step, option)
+  local size = CHUNK * (step or 1)
+  for i = 1, #items, size do
+    local last = math.min(i + size - 1, #items)
+    if option then
+      redis.call(command, key, option, unpack(items, i, last))
+    else
+      redis.call(command, key, unpack(items, i, last))
+    end
+  end
+end
+
+-- Events are gathered during a script and recorded once per kind at its end: one
+-- stream entry (replay) and one message on the queue's channel (live), each naming
+-- every job concerned. One entry per job would cost more than the transition itself.
+local event_order, event_jobs, event_attempts = {}, {}, {}
+
+local function note(event, job_id, attempt)
+  if not event_jobs[event] then
+    event_order[#event_order + 1] = event
+    event_jobs[event], event_attempts[event] = {}, {}
+  end
+  local jobs = event_jobs[event]
+  jobs[#jobs + 1] = job_id
+  event_attempts[event][#jobs] = tostring(attempt or 0)
+end
+
 -- Queue names and job ids are restricted to [A-Za-z0-9_.:-], so they need no escaping.
-local function emit(events_key, queue, event, job_id, attempt, now)
-  redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'event', event, 'job', job_id, 'attempt', attempt, 'at', now)
-  redis.call('PUBLISH', events_key,
-    '{"event":"' .. event .. '","job":"' .. job_id .. '","queue":"' .. queue ..
-    '","attempt":' .. attempt .. ',"at":' .. now .. '}')
+local function flush_events(events_key, queue, now)
+  for _, event in ipairs(event_order) do
+    local attempts = table.concat(event_attempts[event], ',')
+    redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event,
+      'jobs', table.concat(event_jobs[event], ','), 'attempts', attempts, 'at', now)
+    redis.call('PUBLISH', events_key, '{"event":"' .. event .. '","queue":"' .. queue ..
+      '","jobs":["' .. table.concat(event_jobs[event], '","') .. '"],"attempts":[' ..
+      attempts .. '],"at":' .. now .. '}')
+  end
 end
 
 -- A finished job's own channel, so that a caller waiting for its result blocks on
@@ -34,10 +68,8 @@ end
 
 -- Fencing: only the delivery holding the current token may end or extend a job.
 -- A repeat of the call that already ended this delivery is ALREADY_DONE.
-local function check_lease(key, token)
-  local fields = redis.call('HMGET', key, 'state', 'token')
-  if fields[2] ~= token then return LEASE_LOST end
-  local state = fields[1]
+local function lease_code(state, current_token, token)
+  if current_token ~= token then return LEASE_LOST end
   if state == 'active' then return OK end
   if state == 'completed' or state == 'failed' or state == 'delayed' then return ALREADY_DONE end
   return LEASE_LOST
