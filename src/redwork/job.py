@@ -76,6 +76,16 @@ class RetryPolicy:
     backoff_max: float = 300.0
     jitter: float = 0.5
 
+    @classmethod
+    def of(cls, document: dict[str, Any]) -> RetryPolicy:
+        """The policy a job document states (ValueError or TypeError when malformed)."""
+        return cls(
+            max_attempts=int(document.get("max_attempts", 1)),
+            backoff=float(document.get("backoff", 1.0)),
+            backoff_max=float(document.get("backoff_max", 300.0)),
+            jitter=float(document.get("jitter", 0.5)),
+        )
+
     def delay(self, attempt: int, random: float) -> float:
         """Seconds to wait before the retry that follows `attempt`; `random` in [0, 1)."""
         ceiling: float = min(self.backoff_max, self.backoff * 2.0 ** max(0, attempt - 1))
@@ -101,25 +111,29 @@ class Envelope:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def encode(self, max_bytes: int) -> bytes:
-        document = {
+        """The JSON document; optional fields at their default are left out."""
+        document: dict[str, Any] = {
             "v": PROTOCOL_VERSION,
             "id": self.id,
             "task": self.task,
             "queue": self.queue,
             "args": self.args,
             "kwargs": self.kwargs,
+            "enqueued_at": self.enqueued_at,
+        }
+        optional = {
             "priority": self.priority,
             "max_attempts": self.retry.max_attempts,
             "backoff": self.retry.backoff,
             "backoff_max": self.retry.backoff_max,
             "jitter": self.retry.jitter,
             "timeout": self.timeout,
-            "enqueued_at": self.enqueued_at,
             "key": self.key,
             "workflow": self.workflow,
             "idempotency_key": self.idempotency_key,
             "meta": self.meta,
         }
+        document.update((k, v) for k, v in optional.items() if v != _DEFAULTS[k])
         try:
             data = orjson.dumps(document)
         except TypeError as exc:
@@ -133,33 +147,18 @@ class Envelope:
     @classmethod
     def decode(cls, data: bytes) -> Envelope:
         """Parse a job document; raises ValueError with the reason when it is malformed."""
+        call = Call.decode(data)
+        doc = call.document
         try:
-            doc = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise ValueError("the job document is not a JSON object")
-        if doc.get("v") != PROTOCOL_VERSION:
-            raise ValueError(f"unsupported protocol version {doc.get('v')!r}")
-        try:
-            args, kwargs = doc.get("args", []), doc.get("kwargs", {})
-            if not isinstance(args, list) or not isinstance(kwargs, dict):
-                raise ValueError("args must be a list and kwargs an object")
-            timeout = doc.get("timeout")
             return cls(
                 id=str(doc["id"]),
-                task=str(doc["task"]),
+                task=call.task,
                 queue=str(doc["queue"]),
-                args=args,
-                kwargs=kwargs,
+                args=call.args,
+                kwargs=call.kwargs,
                 priority=int(doc.get("priority", 0)),
-                retry=RetryPolicy(
-                    max_attempts=int(doc.get("max_attempts", 1)),
-                    backoff=float(doc.get("backoff", 1.0)),
-                    backoff_max=float(doc.get("backoff_max", 300.0)),
-                    jitter=float(doc.get("jitter", 0.5)),
-                ),
-                timeout=None if timeout is None else float(timeout),
+                retry=RetryPolicy.of(doc),
+                timeout=call.timeout,
                 enqueued_at=int(doc.get("enqueued_at", 0)),
                 key=doc.get("key"),
                 workflow=doc.get("workflow"),
@@ -168,6 +167,54 @@ class Envelope:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad field: {exc}") from exc
+
+
+_DEFAULTS: dict[str, Any] = {
+    "priority": 0,
+    "max_attempts": 1,
+    "backoff": 1.0,
+    "backoff_max": 300.0,
+    "jitter": 0.5,
+    "timeout": None,
+    "key": None,
+    "workflow": None,
+    "idempotency_key": None,
+    "meta": {},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """The part of a job document a worker reads on every run; the rest (the retry
+    policy, say) is read from `document` only when needed."""
+
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    timeout: float | None
+    document: dict[str, Any]
+
+    @classmethod
+    def decode(cls, data: bytes) -> Call:
+        """Raises ValueError with the reason when the document is malformed."""
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ValueError("the job document is not a JSON object")
+        if doc.get("v") != PROTOCOL_VERSION:
+            raise ValueError(f"unsupported protocol version {doc.get('v')!r}")
+        task, args, kwargs = doc.get("task"), doc.get("args", []), doc.get("kwargs", {})
+        if not isinstance(task, str) or "id" not in doc or "queue" not in doc:
+            raise ValueError("bad field: id, task and queue are required, task a string")
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("bad field: args must be a list and kwargs an object")
+        timeout = doc.get("timeout")
+        try:
+            return cls(task, args, kwargs, None if timeout is None else float(timeout), doc)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad field: timeout {timeout!r}") from exc
 
 
 @dataclass(frozen=True, slots=True)

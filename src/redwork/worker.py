@@ -26,7 +26,7 @@ from redwork import connection
 from redwork.app import Redwork, Task
 from redwork.connection import TRANSIENT, Backoff
 from redwork.errors import UnknownTask
-from redwork.job import Envelope, FailureReason, new_job_id, now_ms
+from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
 from redwork.queue import (
     WORKERS_CHANNEL,
     WORKERS_KEY,
@@ -77,6 +77,7 @@ class _Failed:
 @dataclass(slots=True)
 class _Running:
     delivery: Delivery
+    call: Call | None = None
     task: asyncio.Task[None] | None = None
     thread: asyncio.Future[Any] | None = None
     """The thread of a plain function, which cannot be stopped and so keeps its slot."""
@@ -281,7 +282,7 @@ class Worker:
         finally:
             self._running.pop((delivery.queue, delivery.id), None)
             self._release_slot_when_done(running)
-        self._report(delivery, outcome)
+        self._report(running, outcome)
 
     def _release_slot_when_done(self, running: _Running) -> None:
         def release(_: object = None) -> None:
@@ -296,20 +297,19 @@ class Worker:
     async def _execute(self, running: _Running) -> _Completed | _Failed:
         delivery = running.delivery
         try:
-            envelope = Envelope.decode(delivery.data)
+            call = running.call = Call.decode(delivery.data)
         except ValueError as exc:
             return _Failed(FailureReason.DECODE_ERROR, f"cannot decode the job: {exc}")
         try:
-            task = self.app.get_task(envelope.task)
+            task = self.app.get_task(call.task)
         except UnknownTask as exc:
             return _Failed(FailureReason.UNKNOWN_TASK, str(exc))
-        context = JobContext(
-            delivery.id, delivery.queue, delivery.attempt, envelope.retry.max_attempts, self.id
-        )
+        max_attempts = call.document.get("max_attempts", 1)
+        context = JobContext(delivery.id, delivery.queue, delivery.attempt, max_attempts, self.id)
         try:
-            value = await self._call_task(task, envelope, context, running)
+            value = await self._call_task(task, call, context, running)
         except _Timeout:
-            return _Failed(FailureReason.TIMEOUT, f"timed out after {envelope.timeout}s")
+            return _Failed(FailureReason.TIMEOUT, f"timed out after {call.timeout}s")
         except _BadArguments as exc:
             return _Failed(FailureReason.BAD_ARGUMENTS, str(exc))
         except asyncio.CancelledError:
@@ -324,45 +324,49 @@ class Worker:
         except TypeError as exc:
             return _Failed(
                 FailureReason.RESULT_ENCODE_ERROR,
-                f"the result of {envelope.task} is not JSON: {exc}",
+                f"the result of {call.task} is not JSON: {exc}",
             )
 
     async def _call_task(
-        self, task: Task[Any, Any], envelope: Envelope, context: JobContext, running: _Running
+        self, task: Task[Any, Any], call: Call, context: JobContext, running: _Running
     ) -> Any:
         token = _current_job.set(context)
         try:
             if task.is_async:
                 try:
-                    coroutine = task.fn(*envelope.args, **envelope.kwargs)
+                    coroutine = task.fn(*call.args, **call.kwargs)
                 except TypeError as exc:
-                    raise _arguments_error(task, envelope, exc) from exc
-                return await _with_timeout(coroutine, envelope.timeout)
-            call = functools.partial(
-                contextvars.copy_context().run, task.fn, *envelope.args, **envelope.kwargs
+                    raise _arguments_error(task, call, exc) from exc
+                return await _with_timeout(coroutine, call.timeout)
+            in_thread = functools.partial(
+                contextvars.copy_context().run, task.fn, *call.args, **call.kwargs
             )
-            running.thread = asyncio.get_running_loop().run_in_executor(self._threads, call)
+            running.thread = asyncio.get_running_loop().run_in_executor(self._threads, in_thread)
             try:
-                return await _with_timeout(asyncio.shield(running.thread), envelope.timeout)
+                return await _with_timeout(asyncio.shield(running.thread), call.timeout)
             except TypeError as exc:
-                raise _arguments_error(task, envelope, exc) from exc
+                raise _arguments_error(task, call, exc) from exc
         finally:
             _current_job.reset(token)
 
-    def _report(self, delivery: Delivery, outcome: _Completed | _Failed) -> None:
+    def _report(self, running: _Running, outcome: _Completed | _Failed) -> None:
+        delivery = running.delivery
         if isinstance(outcome, _Completed):
             self._completed[delivery.queue].append((delivery.id, delivery.token, outcome.result))
             self.stats.done += 1
         else:
-            self._failed[delivery.queue].append(self._failure(delivery, outcome))
+            self._failed[delivery.queue].append(self._failure(running, outcome))
         self._reports_pending.set()
 
-    def _failure(self, delivery: Delivery, outcome: _Failed) -> Failure:
-        retry_in = -1
-        if outcome.reason.is_retryable:
-            envelope = Envelope.decode(delivery.data)
-            if delivery.attempt < envelope.retry.max_attempts:
-                retry_in = int(1000 * envelope.retry.delay(delivery.attempt, random.random()))
+    def _failure(self, running: _Running, outcome: _Failed) -> Failure:
+        delivery, retry_in = running.delivery, -1
+        if outcome.reason.is_retryable and running.call is not None:
+            try:
+                policy = RetryPolicy.of(running.call.document)
+            except (TypeError, ValueError):
+                policy = RetryPolicy()  # a malformed policy means no retry
+            if delivery.attempt < policy.max_attempts:
+                retry_in = int(1000 * policy.delay(delivery.attempt, random.random()))
         if retry_in < 0:
             self.stats.failed += 1
         log.warning(
@@ -561,13 +565,13 @@ async def _with_timeout(awaitable: Awaitable[T], timeout: float | None) -> T:
         raise
 
 
-def _arguments_error(task: Task[Any, Any], envelope: Envelope, exc: TypeError) -> Exception:
+def _arguments_error(task: Task[Any, Any], call: Call, exc: TypeError) -> Exception:
     """A TypeError is an argument mismatch only if the arguments do not bind; otherwise
     the task itself raised it."""
     try:
-        task.signature.bind(*envelope.args, **envelope.kwargs)
+        task.signature.bind(*call.args, **call.kwargs)
     except TypeError as mismatch:
-        return _BadArguments(f"{envelope.task}{task.signature}: {mismatch}")
+        return _BadArguments(f"{call.task}{task.signature}: {mismatch}")
     return exc
 
 
