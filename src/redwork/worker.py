@@ -450,14 +450,19 @@ class Worker:
                     self._abandon(list(self._running.values()), "its lease could not be renewed")
 
     async def _extend_leases(self) -> None:
+        """Renew the leases of running jobs, and of finished ones whose outcome is not
+        reported yet (a report delayed by an outage must not let the job run again)."""
         by_queue: dict[str, list[_Running]] = defaultdict(list)
         for running in self._running.values():
             by_queue[running.delivery.queue].append(running)
         for queue in self.queues:
-            held = by_queue.get(queue.name)
-            if held:
-                leases = [(r.delivery.id, r.delivery.token) for r in held]
-                lost = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
+            held = by_queue.get(queue.name, [])
+            leases = [(r.delivery.id, r.delivery.token) for r in held]
+            leases += [(job_id, token) for job_id, token, _ in self._completed.get(queue.name, ())]
+            leases += [(f.id, f.token) for f in self._failed.get(queue.name, ())]
+            if leases:
+                lost_ids = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
+                lost = set(lost_ids)
                 self._abandon([r for r in held if r.delivery.id in lost], "its lease was lost")
 
     def _abandon(self, runs: list[_Running], why: str) -> None:
