@@ -69,7 +69,9 @@ async def record(ledger: str, key: str, seconds: float = 0.0) -> str:
     if seconds:
         await asyncio.sleep(seconds)
     with sqlite3.connect(ledger, timeout=30) as db:
-        db.execute("INSERT OR IGNORE INTO effects (key, worker) VALUES (?, ?)", (key, job.worker_id))
+        db.execute(
+            "INSERT OR IGNORE INTO effects (key, worker) VALUES (?, ?)", (key, job.worker_id)
+        )
     return job.worker_id
 
 
@@ -83,3 +85,70 @@ def make_ledger(path: str) -> str:
 def ledger_rows(path: str, table: str) -> list[tuple[Any, ...]]:
     with sqlite3.connect(path) as db:
         return list(db.execute(f"SELECT * FROM {table}"))
+
+
+@app.task(name="flaky", retries=2, backoff=0.01)
+async def flaky(succeed_on: int = 3) -> int:
+    """Fails until its attempt number reaches `succeed_on`, then returns the attempt."""
+    attempt = current_job().attempt
+    if attempt < succeed_on:
+        raise RuntimeError(f"attempt {attempt} fails")
+    return attempt
+
+
+@app.task(name="job_info")
+async def job_info() -> dict[str, Any]:
+    job = current_job()
+    return {"id": job.id, "queue": job.queue, "attempt": job.attempt, "max": job.max_attempts}
+
+
+@app.task(name="sync_job_info")
+def sync_job_info() -> dict[str, Any]:
+    job = current_job()
+    return {"id": job.id, "queue": job.queue, "attempt": job.attempt, "max": job.max_attempts}
+
+
+@app.task(name="sync_sleep_mark")
+def sync_sleep_mark(seconds: float, path: str) -> None:
+    """Sleeps in its thread, then writes the wall-clock ms at which it returns to `path`."""
+    time.sleep(seconds)
+    with open(path, "w") as f:
+        f.write(str(time.time_ns() // 1_000_000))
+
+
+@app.task(name="sync_raise_base")
+def sync_raise_base(kind: str) -> None:
+    if kind == "exit":
+        raise SystemExit(3)
+    if kind == "interrupt":
+        raise KeyboardInterrupt
+    raise asyncio.CancelledError
+
+
+_pushes: set[asyncio.Future[Any]] = set()
+
+
+@app.task(name="announce_sleep")
+async def announce_sleep(seconds: float) -> str:
+    """Sleep; the attempt number is RPUSHed to `test:started:<job id>` (which a test
+    BLPOPs) only once the sleep has begun, so a test that sees it knows the task is
+    asleep, not merely leased or still announcing. Returns the worker id."""
+    job = current_job()
+    client = await app.client.aredis()
+    push = asyncio.ensure_future(client.rpush(f"test:started:{job.id}", job.attempt))
+    _pushes.add(push)
+    push.add_done_callback(_pushes.discard)
+    await asyncio.sleep(seconds)  # its timer is set before the push is even sent
+    return job.worker_id
+
+
+@app.task(name="sync_announce_sleep")
+def sync_announce_sleep(seconds: float) -> str:
+    """Thread twin of announce_sleep: RPUSH to `test:started:<job id>`, sleep, then RPUSH
+    to `test:ended:<job id>` as the thread returns (a test BLPOPs both)."""
+    job = current_job()
+    client = app.client.redis()
+    client.rpush(f"test:started:{job.id}", job.attempt)
+    time.sleep(seconds)
+    client.rpush(f"test:ended:{job.id}", job.attempt)
+    return job.worker_id

@@ -85,7 +85,7 @@ class Task(Generic[P, R]):
         """The job document for this call, not yet enqueued (for `app.enqueue_many`)."""
         o = self.defaults
         return Envelope(
-            id=check_name("job id", o.job_id) if o.job_id else new_job_id(),
+            id=new_job_id() if o.job_id is None else check_name("job id", o.job_id),
             task=self.name,
             queue=o.queue,
             args=list(args),

@@ -120,6 +120,12 @@ def cli(
     help="Worker processes (env REDWORK_PROCESSES, default cores - 1).",
 )
 @click.option(
+    "--prefetch",
+    type=int,
+    help="Jobs leased beyond the free slots, started without a round trip "
+    "(env REDWORK_PREFETCH, default 0).",
+)
+@click.option(
     "--grace", type=float, help="Seconds to let running jobs finish on stop (default 30)."
 )
 @click.option(
@@ -132,6 +138,7 @@ def worker(
     queues: str | None,
     concurrency: int | None,
     processes: int | None,
+    prefetch: int | None,
     grace: float | None,
     lease: float | None,
 ) -> None:
@@ -150,6 +157,7 @@ def worker(
         queues=queue_names,
         concurrency=concurrency,
         processes=processes,
+        prefetch=prefetch,
         grace=grace,
         lease=lease,
     )

@@ -30,6 +30,10 @@ class Settings:
     """Queues a worker takes jobs from, highest priority first."""
     concurrency: int = 10
     processes: int = field(default_factory=default_processes)
+    prefetch: int = 0
+    """Jobs a worker leases beyond its free slots, so that a freed slot starts the next job
+    without a round trip. Raises throughput for short jobs; a prefetched job waits on that
+    worker even when another is idle, and its started_at is the time it was leased."""
     lease: float = 30.0
     """Seconds a fetched job stays leased without a heartbeat."""
     max_losses: int = 3
@@ -59,6 +63,9 @@ class Settings:
             raw = env.get(f"REDWORK_{f.name.upper()}")
             if raw is not None and raw != "":
                 values[f.name] = _parse(f.name, raw)
+        unknown = set(explicit) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigurationError(f"unknown settings: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in explicit.items() if v is not None})
         return cls().replace(**values)
 
@@ -70,8 +77,8 @@ class Settings:
     def validate(self) -> None:
         if self.fsync not in ("everysec", "always"):
             raise ConfigurationError(f"fsync must be everysec or always, not {self.fsync!r}")
-        if self.concurrency < 1 or self.processes < 1:
-            raise ConfigurationError("concurrency and processes must be at least 1")
+        if self.concurrency < 1 or self.processes < 1 or self.prefetch < 0:
+            raise ConfigurationError("concurrency and processes must be at least 1, prefetch 0+")
         positive = (self.lease, self.block_timeout, self.socket_timeout)
         # Written as "not >" so that NaN, which compares false to everything, is refused.
         if not all(value > 0 and math.isfinite(value) for value in positive):

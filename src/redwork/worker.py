@@ -13,7 +13,7 @@ import os
 import random
 import socket
 import traceback
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -104,6 +104,7 @@ class Worker:
         self.stats = WorkerStats()
         self._free = self.settings.concurrency
         self._running: dict[tuple[str, str], _Running] = {}
+        self._prefetched: deque[Delivery] = deque()
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
@@ -152,6 +153,8 @@ class Worker:
                 roles.create_task(self._recover_loop(), name="recoverer")
                 await self._stop.wait()
                 await fetcher
+                await self._hand_back(list(self._prefetched))  # never started: return at once
+                self._prefetched.clear()
                 await self._drain()
                 await self._hand_back_unfinished()
                 self._closing = True
@@ -210,18 +213,17 @@ class Worker:
             if running.task is not None:
                 running.task.cancel()
         await asyncio.gather(*(r.task for r in unfinished if r.task), return_exceptions=True)
+        await self._hand_back([r.delivery for r in unfinished])
+
+    async def _hand_back(self, deliveries: list[Delivery]) -> None:
         by_queue: dict[str, list[tuple[str, int]]] = defaultdict(list)
-        for running in unfinished:
-            by_queue[running.delivery.queue].append((running.delivery.id, running.delivery.token))
+        for delivery in deliveries:
+            by_queue[delivery.queue].append((delivery.id, delivery.token))
         for queue in self.queues:
             if by_queue[queue.name]:
                 try:
                     await self._call(queue.handback(by_queue[queue.name]))
-                    log.info(
-                        "handed back %d unfinished jobs of %s",
-                        len(by_queue[queue.name]),
-                        queue.name,
-                    )
+                    log.info("handed back %d jobs of %s", len(by_queue[queue.name]), queue.name)
                 except TRANSIENT as exc:
                     log.error(
                         "could not hand back jobs (%s); they return when their lease ends", exc
@@ -234,7 +236,7 @@ class Worker:
         markers = [q.marker for q in self.queues]
         backoff = Backoff()
         while not self._stop.is_set():
-            if self._free == 0:
+            if self._wanted() <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()  # stop() sets it too
                 continue
@@ -250,16 +252,24 @@ class Worker:
             except TRANSIENT as exc:
                 await asyncio.sleep(backoff.next("fetch", exc))
 
+    def _wanted(self) -> int:
+        """Jobs to ask for: one per free slot, plus the prefetch buffer's free room."""
+        return self._free + self.settings.prefetch - len(self._prefetched)
+
     async def _fetch_once(self) -> tuple[int, int | None]:
         got, next_due = 0, None
         for queue in self.queues:
-            if self._free == 0:
+            wanted = self._wanted()
+            if wanted <= 0:
                 break
             fetched = await self._call(
-                queue.fetch(self._free, self.settings.lease_ms, self.id, self.settings.max_payload)
+                queue.fetch(wanted, self.settings.lease_ms, self.id, self.settings.max_payload)
             )
             for delivery in fetched.deliveries:
-                self._start(delivery)
+                if self._free > 0:
+                    self._start(delivery)
+                else:
+                    self._prefetched.append(delivery)
             got += len(fetched.deliveries)
             if fetched.next_due_in_ms is not None:
                 next_due = min(next_due or fetched.next_due_in_ms, fetched.next_due_in_ms)
@@ -287,6 +297,8 @@ class Worker:
     def _release_slot_when_done(self, running: _Running) -> None:
         def release(_: object = None) -> None:
             self._free += 1
+            if self._prefetched and not self._stop.is_set():
+                self._start(self._prefetched.popleft())
             self._slot_freed.set()
 
         if running.thread is not None and not running.thread.done():
@@ -458,11 +470,15 @@ class Worker:
         for queue in self.queues:
             held = by_queue.get(queue.name, [])
             leases = [(r.delivery.id, r.delivery.token) for r in held]
+            leases += [(d.id, d.token) for d in self._prefetched if d.queue == queue.name]
             leases += [(job_id, token) for job_id, token, _ in self._completed.get(queue.name, ())]
             leases += [(f.id, f.token) for f in self._failed.get(queue.name, ())]
             if leases:
                 lost_ids = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
                 lost = set(lost_ids)
+                if lost:
+                    kept = [d for d in self._prefetched if d.id not in lost]
+                    self._prefetched = deque(kept)
                 self._abandon([r for r in held if r.delivery.id in lost], "its lease was lost")
 
     def _abandon(self, runs: list[_Running], why: str) -> None:
