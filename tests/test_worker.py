@@ -392,7 +392,7 @@ async def test_prefetched_jobs_keep_their_lease_while_they_wait(
     app: Redwork, r: redis.Redis
 ) -> None:
     # The test lease is 1 s: the prefetched job waits 2.5 s for the slot.
-    async with running_worker(app, concurrency=1, prefetch=1) as (w, _):
+    async with running_worker(app, concurrency=1, prefetch=1) as (_w, _):
         slow = await tasks.announce_sleep.aenqueue(2.5)
         await started(r, slow.id)
         waiting = await tasks.add.aenqueue(1, 1)
