@@ -83,10 +83,12 @@ class Config:
     sleep_jobs: int
     sleep_concurrency: int
     round_trip_jobs: int
+    prefetch: int = 0
 
     @classmethod
-    def make(cls, quick: bool, concurrencies: tuple[int, ...] | None) -> Config:
+    def make(cls, quick: bool, concurrencies: tuple[int, ...] | None, prefetch: int) -> Config:
         return cls(
+            prefetch=prefetch,
             enqueue_jobs=20_000 if quick else 100_000,
             enqueue_repeats=3,
             drain_jobs=20_000 if quick else 100_000,
@@ -259,6 +261,7 @@ class Workers:
             REDWORK_QUEUES=QUEUE,
             REDWORK_PROCESSES="1",
             REDWORK_CONCURRENCY=str(self.concurrency),
+            REDWORK_PREFETCH=str(self.bench.config.prefetch),
             REDWORK_GRACE=str(WORKER_GRACE),
             REDWORK_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
@@ -801,7 +804,7 @@ def render(info: dict[str, Any], config: Config, rows: list[Row]) -> str:
         f"sizes: enqueue {config.enqueue_jobs:,}, drain {config.drain_jobs:,} "
         f"(concurrency {', '.join(map(str, config.concurrencies))}), latency "
         f"{config.latency_rate}/s for {config.latency_seconds:g}s, sleep {config.sleep_jobs}, "
-        f"round trips {config.round_trip_jobs:,}",
+        f"round trips {config.round_trip_jobs:,}; worker prefetch {config.prefetch}",
         "",
     ]
     width = max(len(r.figure) for r in rows) if rows else 10
@@ -830,6 +833,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concurrency",
         metavar="C[,C...]",
         help="worker concurrency values for drain_* and round_trips (default 50,200)",
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=int,
+        default=0,
+        metavar="N",
+        help="REDWORK_PREFETCH for every worker process (default 0, redwork's default)",
     )
     args = parser.parse_args(argv)
     if args.only:
@@ -870,7 +880,7 @@ def running_server() -> Iterator[tuple[ServerProcess, Path]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config = Config.make(args.quick, args.concurrency)
+    config = Config.make(args.quick, args.concurrency, args.prefetch)
     names = args.only or list(SCENARIOS)
     results: dict[str, dict[str, Any]] = {}
     with running_server() as (server, tmp):

@@ -17,7 +17,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class JobHandle:
     """A job that was enqueued: look it up or wait for its result, sync or async."""
 
@@ -185,10 +185,8 @@ class Redwork:
     def enqueue_many(self, envelopes: Iterable[Envelope]) -> list[JobHandle]:
         """Enqueue many jobs in as few round trips as possible (one per 1,000 per queue)."""
         batch = list(envelopes)
-        return [
-            JobHandle(self.client, e.queue, e.id)
-            for e, _ in zip(batch, self.client.enqueue(batch), strict=True)
-        ]
+        self.client.enqueue(batch)
+        return [JobHandle(self.client, e.queue, e.id) for e in batch]
 
     async def aenqueue_many(self, envelopes: Iterable[Envelope]) -> list[JobHandle]:
         batch = list(envelopes)

@@ -92,9 +92,10 @@ class RetryPolicy:
         return ceiling * (1.0 - self.jitter * random)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Envelope:
-    """The job document, written once at enqueue and never changed afterwards."""
+    """The job document, written once at enqueue and never changed afterwards (not a
+    frozen dataclass only because those are slower to build, and producers build many)."""
 
     id: str
     task: str
@@ -121,19 +122,24 @@ class Envelope:
             "kwargs": self.kwargs,
             "enqueued_at": self.enqueued_at,
         }
-        optional = {
-            "priority": self.priority,
-            "max_attempts": self.retry.max_attempts,
-            "backoff": self.retry.backoff,
-            "backoff_max": self.retry.backoff_max,
-            "jitter": self.retry.jitter,
-            "timeout": self.timeout,
-            "key": self.key,
-            "workflow": self.workflow,
-            "idempotency_key": self.idempotency_key,
-            "meta": self.meta,
-        }
-        document.update((k, v) for k, v in optional.items() if v != _DEFAULTS[k])
+        if self.priority:
+            document["priority"] = self.priority
+        retry = self.retry
+        if retry != _DEFAULT_RETRY:
+            document["max_attempts"] = retry.max_attempts
+            document["backoff"] = retry.backoff
+            document["backoff_max"] = retry.backoff_max
+            document["jitter"] = retry.jitter
+        if self.timeout is not None:
+            document["timeout"] = self.timeout
+        if self.key is not None:
+            document["key"] = self.key
+        if self.workflow is not None:
+            document["workflow"] = self.workflow
+        if self.idempotency_key is not None:
+            document["idempotency_key"] = self.idempotency_key
+        if self.meta:
+            document["meta"] = self.meta
         try:
             data = orjson.dumps(document)
         except TypeError as exc:
@@ -169,18 +175,7 @@ class Envelope:
             raise ValueError(f"bad field: {exc}") from exc
 
 
-_DEFAULTS: dict[str, Any] = {
-    "priority": 0,
-    "max_attempts": 1,
-    "backoff": 1.0,
-    "backoff_max": 300.0,
-    "jitter": 0.5,
-    "timeout": None,
-    "key": None,
-    "workflow": None,
-    "idempotency_key": None,
-    "meta": {},
-}
+_DEFAULT_RETRY = RetryPolicy()
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,8 +168,11 @@ class Counts:
     stats: dict[str, int]
 
 
+_CODES = tuple(Code)  # indexing a tuple is much cheaper than calling the enum
+
+
 def _codes(reply: list[int]) -> list[Code]:
-    return [Code(c) for c in reply]
+    return [_CODES[c] for c in reply]
 
 
 def _text(value: bytes | str) -> str:
