@@ -31,12 +31,7 @@ for i = 3, #ARGV, 5 do
       note('retry_scheduled', id, job[3])
       retried = retried + 1
     else
-      redis.call('HSET', key, 'state', 'failed', 'reason', ARGV[i + 2], 'error', ARGV[i + 3],
-        'finished_at', now)
-      redis.call('PERSIST', key)
-      redis.call('ZADD', KEYS[3], now, id)
-      note('failed', id, job[3])
-      announce_end(prefix, id, 'failed')
+      to_failed_store(KEYS[3], prefix, id, ARGV[i + 2], ARGV[i + 3], job[3], now)
       dead = dead + 1
     end
   elseif code == LEASE_LOST then

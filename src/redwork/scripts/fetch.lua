@@ -36,13 +36,9 @@ if #due > 0 then
   call_chunked('LPUSH', KEYS[1], due)
 end
 
-local function bury(id, key, reason, message, attempt)
-  redis.call('HSET', key, 'state', 'failed', 'reason', reason, 'error', message,
-    'finished_at', now)
-  redis.call('ZADD', KEYS[4], now, id)
+local function bury(id, reason, message, attempt)
+  to_failed_store(KEYS[4], prefix, id, reason, message, attempt, now)
   redis.call('HINCRBY', KEYS[8], 'failed', 1)
-  note('failed', id, attempt)
-  announce_end(prefix, id, 'failed')
 end
 
 local out = { -1 }
@@ -59,10 +55,10 @@ if ids then
       local raw_key = prefix .. 'job:' .. raw_id
       redis.call('HSET', raw_key, 'data', string.sub(id, 1, 4096), 'attempt', 0,
         'token', 0, 'losses', 0, 'enqueued_at', now)
-      bury(raw_id, raw_key, 'decode_error',
+      bury(raw_id, 'decode_error',
         'the wait list held an entry that is not the id of a job of this queue', 0)
     elseif #job[1] > max_bytes then
-      bury(id, key, 'payload_too_large',
+      bury(id, 'payload_too_large',
         'job document exceeds the worker limit of ' .. max_bytes .. ' bytes', job[3])
     else
       local token = tonumber(job[2]) + 1

@@ -24,13 +24,9 @@ for _, id in ipairs(expired) do
   if job[1] then
     local losses = tonumber(job[2] or 0) + 1
     if losses >= max_losses then
-      redis.call('HSET', key, 'state', 'failed', 'losses', losses, 'reason', 'worker_lost',
-        'error', 'the worker running this job was lost ' .. losses .. ' times',
-        'finished_at', now)
-      redis.call('PERSIST', key)
-      redis.call('ZADD', KEYS[3], now, id)
-      note('failed', id, job[1])
-      announce_end(prefix, id, 'failed')
+      redis.call('HSET', key, 'losses', losses)
+      to_failed_store(KEYS[3], prefix, id, 'worker_lost',
+        'the worker running this job was lost ' .. losses .. ' times', job[1], now)
       buried = buried + 1
     else
       redis.call('HSET', key, 'state', 'waiting', 'losses', losses)

@@ -66,6 +66,17 @@ local function announce_end(prefix, job_id, state)
   redis.call('PUBLISH', prefix .. 'job:' .. job_id, state)
 end
 
+-- Move a job to the failed store, where it stays (no expiry) until retried or purged.
+local function to_failed_store(failed_key, prefix, id, reason, message, attempt, now)
+  local key = prefix .. 'job:' .. id
+  redis.call('HSET', key, 'state', 'failed', 'reason', reason, 'error', message,
+    'finished_at', now)
+  redis.call('PERSIST', key)
+  redis.call('ZADD', failed_key, now, id)
+  note('failed', id, attempt)
+  announce_end(prefix, id, 'failed')
+end
+
 -- Fencing: only the delivery holding the current token may end or extend a job.
 -- A repeat of the call that already ended this delivery is ALREADY_DONE.
 local function lease_code(state, current_token, token)
