@@ -56,8 +56,14 @@ def sync_client(url: str, settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(url, **client_options(settings))
 
 
-def async_client(url: str, settings: Settings, *, blocking: bool = False) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(url, **client_options(settings, blocking=blocking))
+def async_client(
+    url: str, settings: Settings, *, blocking: bool = False, single: bool = False
+) -> redis.asyncio.Redis:
+    """`single`: one dedicated connection, for a role that sends one command at a time;
+    it skips the pool's checkout and checks on every command of the hot path."""
+    return redis.asyncio.Redis.from_url(
+        url, single_connection_client=single, **client_options(settings, blocking=blocking)
+    )
 
 
 def check_server(info: dict[str, Any]) -> None:

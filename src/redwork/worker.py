@@ -117,7 +117,8 @@ class Worker:
             self.settings.concurrency, thread_name_prefix="redwork-job"
         )
         self._redis: redis.asyncio.Redis | None = None
-        self._blocking: redis.asyncio.Redis | None = None
+        self._fetching: redis.asyncio.Redis | None = None
+        self._reporting: redis.asyncio.Redis | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -139,7 +140,10 @@ class Worker:
     async def run(self) -> None:
         url = await asyncio.to_thread(connection.resolve_url, self.settings)
         self._redis = connection.async_client(url, self.settings)
-        self._blocking = connection.async_client(url, self.settings, blocking=True)
+        # The fetcher and the reporter each own a connection (the fetcher's also blocks
+        # waiting for work); heartbeat, recovery and the rest share a pool.
+        self._fetching = connection.async_client(url, self.settings, blocking=True, single=True)
+        self._reporting = connection.async_client(url, self.settings, single=True)
         try:
             started, _ = await self._unless_stopped(self._start_up())
             if not started:
@@ -165,7 +169,8 @@ class Worker:
         finally:
             self._threads.shutdown(wait=False, cancel_futures=True)
             await self._redis.aclose()
-            await self._blocking.aclose()
+            await self._fetching.aclose()
+            await self._reporting.aclose()
 
     async def _start_up(self) -> None:
         assert self._redis is not None
@@ -232,7 +237,7 @@ class Worker:
     # -- fetcher ----------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        assert self._blocking is not None
+        assert self._fetching is not None
         markers = [q.marker for q in self.queues]
         backoff = Backoff()
         while not self._stop.is_set():
@@ -247,7 +252,7 @@ class Worker:
                     if next_due_ms is not None:
                         timeout = min(timeout, max(next_due_ms / 1000, 0.001))
                     # Losing a popped marker to a stop is harmless: markers only wake.
-                    await self._unless_stopped(self._blocking.bzpopmin(markers, timeout))
+                    await self._unless_stopped(self._fetching.bzpopmin(markers, timeout))
                 backoff.reset()
             except TRANSIENT as exc:
                 await asyncio.sleep(backoff.next("fetch", exc))
@@ -262,8 +267,9 @@ class Worker:
             wanted = self._wanted()
             if wanted <= 0:
                 break
-            fetched = await self._call(
-                queue.fetch(wanted, self.settings.lease_ms, self.id, self.settings.max_payload)
+            fetched = await self._call_on(
+                self._fetching,
+                queue.fetch(wanted, self.settings.lease_ms, self.id, self.settings.max_payload),
             )
             for delivery in fetched.deliveries:
                 if self._free > 0:
@@ -422,13 +428,15 @@ class Worker:
             completed = self._completed.get(queue.name)
             if completed:
                 batch = completed[:]
-                codes = await self._call(queue.complete(batch, self.settings.result_ttl))
+                codes = await self._call_on(
+                    self._reporting, queue.complete(batch, self.settings.result_ttl)
+                )
                 del completed[: len(batch)]
                 self._note_fenced(queue, [job_id for job_id, _, _ in batch], codes)
             failed = self._failed.get(queue.name)
             if failed:
                 failures = failed[:]
-                codes = await self._call(queue.fail(failures))
+                codes = await self._call_on(self._reporting, queue.fail(failures))
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
 
@@ -562,8 +570,12 @@ class Worker:
             log.warning("could not announce this worker's stop: %s", exc)
 
     async def _call(self, op: Op[T]) -> T:
-        assert self._redis is not None
-        return await arun(self._redis, op)
+        return await self._call_on(self._redis, op)
+
+    @staticmethod
+    async def _call_on(client: redis.asyncio.Redis | None, op: Op[T]) -> T:
+        assert client is not None, "the worker is not running"
+        return await arun(client, op)
 
 
 class _Timeout(Exception):
