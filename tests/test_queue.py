@@ -304,8 +304,8 @@ def test_raw_wait_list_entry_goes_to_failed_store_as_raw_n(
 
     deliveries = fetch(r, q, 10)
     assert [d.id for d in deliveries] == ["good"]
-    assert sorted(run(r, q.failed_ids())) == ["raw-1", "raw-2"]
-    for raw_id in ("raw-1", "raw-2"):
+    assert sorted(run(r, q.failed_ids())) == ["@raw-1", "@raw-2"]
+    for raw_id in ("@raw-1", "@raw-2"):
         rec = record(r, q, raw_id)
         assert (rec.state, rec.reason) == ("failed", "decode_error")
         assert rec.data == raw[:4096]
@@ -344,12 +344,12 @@ def test_retry_failed_requeues_with_fresh_attempts_but_never_raw_entries(
     _fail_for_good(r, q, "a", "b", "c")
     r.lpush(q.wait, b"garbage")
     fetch(r, q)
-    assert sorted(run(r, q.failed_ids())) == ["a", "b", "c", "raw-1"]
+    assert sorted(run(r, q.failed_ids())) == ["@raw-1", "a", "b", "c"]
 
-    assert run(r, q.retry_failed(["a", "raw-1", "missing"])) == 1
+    assert run(r, q.retry_failed(["a", "@raw-1", "missing"])) == 1
     assert (record(r, q, "a").state, record(r, q, "a").attempt) == ("waiting", 0)
     assert run(r, q.retry_failed()) == 2
-    assert run(r, q.failed_ids()) == ["raw-1"]
+    assert run(r, q.failed_ids()) == ["@raw-1"]
     assert sorted(wait_ids(r, q)) == ["a", "b", "c"]
     for job_id in "abc":
         rec = record(r, q, job_id)
@@ -368,6 +368,17 @@ def test_purge_failed_deletes_jobs_for_good(r: redis.Redis, q: Queue) -> None:
     assert run(r, q.failed_ids()) == []
     assert run(r, q.job("b")) is None and run(r, q.job("c")) is None
     assert run(r, q.retry_failed()) == 0
+    assert sorted(e["job"] for e in events(r, q, "purged")) == ["a", "b", "c"]
+
+
+def test_a_raw_entry_never_overwrites_a_job_named_like_one(r: redis.Redis, q: Queue) -> None:
+    enqueue(r, q, "raw-1")
+    r.lpush(q.wait, b"\x00 not a job")
+    [delivery] = fetch(r, q, 2)
+    assert delivery.id == "raw-1"
+    assert record(r, q, "raw-1").state.value == "active"
+    assert run(r, q.complete([("raw-1", delivery.token, b"7")], 60)) == [Code.OK]
+    assert run(r, q.failed_ids()) == ["@raw-1"]
 
 
 # -- counts -------------------------------------------------------------------------
@@ -423,7 +434,7 @@ def test_every_key_of_a_queue_carries_its_hash_tag(r: redis.Redis) -> None:
     for queue in (q, other):
         mine = {k for k in keys if f"{{{queue.name}}}" in k}
         assert {queue.wait, queue.events, queue.stats, queue.seq, queue.failed} <= mine
-        assert any(":job:raw-" in k for k in mine)
+        assert any(":job:@raw-" in k for k in mine)
         assert any(":done:" in k for k in mine)
     untagged = {k for k in keys if "{tagged.q-1}" not in k and "{other}" not in k}
     assert untagged == set()

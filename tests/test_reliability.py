@@ -530,9 +530,9 @@ def test_malformed_payloads_and_unknown_tasks_are_failed_and_the_worker_carries_
             failed[event["job"]] = event
             if len(failed) == 3:
                 break
-    assert set(failed) == {"raw-1", "bad-doc", unknown.id}
+    assert set(failed) == {"@raw-1", "bad-doc", unknown.id}
 
-    raw_record = app.job("raw-1").info()
+    raw_record = app.job("@raw-1").info()
     assert raw_record.state is JobState.FAILED
     assert raw_record.reason == "decode_error"
     assert raw_record.data == raw  # kept for inspection

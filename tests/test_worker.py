@@ -400,3 +400,19 @@ async def test_prefetched_jobs_keep_their_lease_while_they_wait(
         assert await waiting.aresult(timeout=15) == 2
         assert (await waiting.ainfo()).attempt == 1
     assert count_events(r, "default", "recovered") == 0
+
+
+async def test_a_full_server_delays_reports_but_does_not_kill_the_worker(
+    app: Redwork, r: redis.Redis
+) -> None:
+    async with running_worker(app) as (w, task):
+        handle = await tasks.announce_sleep.aenqueue(0.3)
+        await started(r, handle.id)
+        r.config_set("maxmemory", "1")  # every write is refused with OOM from now on
+        try:
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), 1.0)
+        finally:
+            r.config_set("maxmemory", "0")
+        assert await handle.aresult(timeout=15) == w.id
+        assert not task.done()

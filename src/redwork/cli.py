@@ -94,7 +94,7 @@ def cli(
         "server_binary": server_binary,
         "log_level": log_level,
     }
-    level = log_level or os.environ.get("REDWORK_LOG_LEVEL") or "INFO"
+    level = Settings.load(log_level=log_level).log_level
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
@@ -208,7 +208,14 @@ def _run_single_worker(app: Redwork, settings: Settings) -> None:
 
 @cli.group()
 def server() -> None:
-    """Start, stop or inspect the embedded Valkey server of a data directory."""
+    """Start, stop or inspect the embedded Valkey server of a data directory.
+
+    \b
+    Examples:
+      redwork server start                 # prints its URL
+      redwork --data-dir /var/lib/redwork server status
+      redwork server stop                  # data stays in the data directory
+    """
 
 
 def _embedded(ctx: click.Context) -> Any:
@@ -254,7 +261,12 @@ def _queue_names(client: Client) -> list[str]:
 @cli.command()
 @click.pass_context
 def info(ctx: click.Context) -> None:
-    """Queues (waiting, running, delayed, failed, throughput), and live workers."""
+    """Queues (waiting, running, delayed, failed, throughput), and live workers.
+
+    \b
+    Example:
+      redwork --redis redis://localhost:6379/0 info
+    """
     import time
 
     client = _client(ctx)
@@ -332,7 +344,12 @@ def job() -> None:
 @click.option("-q", "--queue", help="The job's queue (default: search every queue).")
 @click.pass_context
 def job_show(ctx: click.Context, job_id: str, queue: str | None) -> None:
-    """Print a job's document, state, result or error as JSON."""
+    """Print a job's document, state, result or error as JSON.
+
+    \b
+    Example:
+      redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f -q default
+    """
     client = _client(ctx)
     for name in [queue] if queue else _queue_names(client):
         try:
@@ -346,7 +363,15 @@ def job_show(ctx: click.Context, job_id: str, queue: str | None) -> None:
 
 @cli.group()
 def failed() -> None:
-    """The failed store (dead letters): list, show, retry or purge failed jobs."""
+    """The failed store (dead letters): list, show, retry or purge failed jobs.
+
+    \b
+    Examples:
+      redwork failed list -q default
+      redwork failed show JOB_ID
+      redwork failed retry --all -q default
+      redwork failed purge JOB_ID JOB_ID
+    """
 
 
 @failed.command("list")

@@ -101,9 +101,15 @@ class Client:
         """Block until the job is completed or failed; listens on the job's channel
         rather than polling."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        pubsub = self.redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+        pubsub = self.redis().pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.queue(queue).job_channel(job_id))
+            # The subscription must be in force before the state is read: an end published
+            # in between would otherwise be missed.
+            while not _confirms_subscription(
+                pubsub.get_message(timeout=self.settings.socket_timeout)
+            ):
+                pass
             while True:
                 record = self.job(queue, job_id)
                 if record.state.is_final:
@@ -158,11 +164,14 @@ class Client:
     async def await_job(self, queue: str, job_id: str, timeout: float | None = None) -> JobRecord:
         """The async twin of wait()."""
         client = await self.aredis()
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = client.pubsub()
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         try:
             await pubsub.subscribe(self.queue(queue).job_channel(job_id))
+            wait = self.settings.socket_timeout
+            while not _confirms_subscription(await pubsub.get_message(timeout=wait)):
+                pass
             while True:
                 record = await self.ajob(queue, job_id)
                 if record.state.is_final:
@@ -206,6 +215,10 @@ class Client:
             for (job_id, _), code in zip(jobs, codes, strict=True):
                 if code is Code.DUPLICATE:
                     log.info("job %s exists already; not enqueued again", job_id)
+
+
+def _confirms_subscription(message: dict[str, Any] | None) -> bool:
+    return message is not None and message["type"] == "subscribe"
 
 
 def _result_of(record: JobRecord) -> Any:

@@ -27,7 +27,14 @@ MIN_VALKEY = (7, 2)
 _RETRY_ON = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # What "the server is away" looks like: refused or reset connections, timeouts, and a
 # server still loading its AOF (BusyLoadingError is a ConnectionError).
-TRANSIENT = (*_RETRY_ON, OSError)
+# A full (noeviction) or read-only (failing over) server is away too, for writes.
+TRANSIENT = (
+    *_RETRY_ON,
+    OSError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.TryAgainError,
+)
 
 
 def resolve_url(settings: Settings) -> str:
@@ -47,7 +54,9 @@ def client_options(settings: Settings, *, blocking: bool = False) -> dict[str, A
         "socket_timeout": timeout,
         "socket_connect_timeout": settings.socket_timeout,
         "health_check_interval": 0 if blocking else 30,
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 2),
+        # The fetching connection is never retried by redis-py: a fetch sent twice after a
+        # lost reply would lease jobs nobody holds. The worker's own loop retries instead.
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 0 if blocking else 2),
         "retry_on_error": list(_RETRY_ON),
     }
 

@@ -80,8 +80,7 @@ def _run(
         concurrency=concurrency, processes=workers, queues=(QUEUE,), grace=5.0
     )
     env = {**os.environ, **to_env(worker_settings), "REDWORK_LOG_LEVEL": "WARNING"}
-    command = worker_command("redwork.demo:app")
-    command[-1] = str(workers)
+    command = worker_command("redwork.demo:app", processes=workers)
     console.print(f"starting {workers} worker processes x {concurrency} slots")
     started = time.perf_counter()
     supervisor = subprocess.Popen(command, env=env)
@@ -100,7 +99,11 @@ def _run(
         elapsed = time.perf_counter() - started
     finally:
         supervisor.send_signal(signal.SIGTERM)
-        supervisor.wait(timeout=30)
+        try:
+            supervisor.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            supervisor.kill()  # its children die with it (parent-death signal)
+            supervisor.wait()
         pubsub.close()
     records = [client.job(QUEUE, h.id) for h in handles]
     _report(records, workers * concurrency, sum(delays), elapsed, console)

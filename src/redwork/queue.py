@@ -270,7 +270,8 @@ class Queue:
         return Op(int, load("retry_failed"), keys, (self.prefix, self.name, *job_ids))
 
     def purge_failed(self, job_ids: Sequence[str] = ()) -> Op[int]:
-        return Op(int, load("purge_failed"), (self.failed,), (self.prefix, *job_ids))
+        keys = (self.failed, self.events)
+        return Op(int, load("purge_failed"), keys, (self.prefix, self.name, *job_ids))
 
     def job(self, job_id: str) -> Op[JobRecord | None]:
         def parse(reply: Any) -> JobRecord | None:

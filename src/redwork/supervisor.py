@@ -112,5 +112,6 @@ class Supervisor:
             self._spawn(slot)
 
 
-def worker_command(app_path: str) -> list[str]:
-    return [sys.executable, "-m", "redwork", "worker", app_path, "--processes", "1"]
+def worker_command(app_path: str, processes: int = 1) -> list[str]:
+    """The command line of `redwork worker APP` with this Python."""
+    return [sys.executable, "-m", "redwork", "worker", app_path, "--processes", str(processes)]

@@ -14,7 +14,7 @@ import random
 import socket
 import traceback
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -277,8 +277,9 @@ class Worker:
                 else:
                     self._prefetched.append(delivery)
             got += len(fetched.deliveries)
-            if fetched.next_due_in_ms is not None:
-                next_due = min(next_due or fetched.next_due_in_ms, fetched.next_due_in_ms)
+            due = fetched.next_due_in_ms
+            if due is not None:
+                next_due = due if next_due is None else min(next_due, due)
         return got, next_due
 
     def _start(self, delivery: Delivery) -> None:
@@ -323,6 +324,7 @@ class Worker:
         except UnknownTask as exc:
             return _Failed(FailureReason.UNKNOWN_TASK, str(exc))
         max_attempts = call.document.get("max_attempts", 1)
+        max_attempts = max_attempts if isinstance(max_attempts, int) else 1
         context = JobContext(delivery.id, delivery.queue, delivery.attempt, max_attempts, self.id)
         try:
             value = await self._call_task(task, call, context, running)
@@ -400,16 +402,23 @@ class Worker:
 
     async def _report_loop(self) -> None:
         backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
         while True:
             await self._reports_pending.wait()
             self._reports_pending.clear()
             try:
                 await self._flush_reports()
                 backoff.reset()
+                failing_since = None
             except TRANSIENT as exc:
-                if self._hard_stop.is_set():
+                failing_since = failing_since or loop.time()
+                # A stopping worker waits for the server at most one lease: by then the
+                # jobs are someone else's anyway.
+                given_up = self._closing and loop.time() - failing_since > self.settings.lease
+                if self._hard_stop.is_set() or given_up:
                     log.error(
-                        "server away during a hard stop: %d outcomes not reported; their "
+                        "server away while stopping: %d outcomes not reported; their "
                         "jobs run again once their lease ends",
                         sum(map(len, self._completed.values()))
                         + sum(map(len, self._failed.values())),
@@ -468,6 +477,7 @@ class Worker:
                 log.warning("heartbeat failed (%s); leases unrenewed for %.1fs", exc, silent)
                 if silent > self.settings.lease:
                     self._abandon(list(self._running.values()), "its lease could not be renewed")
+                    self._prefetched.clear()  # their leases are gone too; others take them
 
     async def _extend_leases(self) -> None:
         """Renew the leases of running jobs, and of finished ones whose outcome is not
@@ -485,7 +495,9 @@ class Worker:
                 lost_ids = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
                 lost = set(lost_ids)
                 if lost:
-                    kept = [d for d in self._prefetched if d.id not in lost]
+                    kept = [
+                        d for d in self._prefetched if d.queue != queue.name or d.id not in lost
+                    ]
                     self._prefetched = deque(kept)
                 self._abandon([r for r in held if r.delivery.id in lost], "its lease was lost")
 
@@ -527,6 +539,7 @@ class Worker:
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.sadd("rw:queues", *self.settings.queues)
             pipe.hset(worker_key(self.id), mapping=info)  # type: ignore[arg-type]
+            pipe.expire(worker_key(self.id), self._registration_ttl)
             pipe.publish(WORKERS_CHANNEL, orjson.dumps({"event": "started", **info}))
             await pipe.execute()
         await self._announce()
@@ -541,12 +554,19 @@ class Worker:
                 mapping={
                     "done": self.stats.done,
                     "failed": self.stats.failed,
+                    "fenced": self.stats.fenced,
                     "running": len(self._running),
                     "last_seen": now_ms(),
                 },
             )
-            pipe.expire(key, int(self.settings.heartbeat_interval * 3) + 1)
+            pipe.expire(key, self._registration_ttl)
+            # Workers that died without deregistering drop out of the index too.
+            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms() - 1000 * self._registration_ttl)
             await pipe.execute()
+
+    @property
+    def _registration_ttl(self) -> int:
+        return int(self.settings.heartbeat_interval * 3) + 1
 
     async def _deregister(self) -> None:
         assert self._redis is not None
@@ -610,26 +630,3 @@ def _arguments_error(task: Task[Any, Any], call: Call, exc: TypeError) -> Except
 
 def _describe_exception() -> str:
     return traceback.format_exc(limit=30)[-8000:]
-
-
-def run_worker(
-    app: Redwork,
-    settings: Settings | None = None,
-    install_signals: bool = True,
-    on_ready: Callable[[Worker], None] | None = None,
-) -> Worker:
-    """Run a worker in this process until it is stopped by SIGTERM or SIGINT."""
-    import signal
-
-    async def main() -> Worker:
-        worker = Worker(app, settings)
-        if install_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, worker.stop)
-        if on_ready is not None:
-            on_ready(worker)
-        await worker.run()
-        return worker
-
-    return asyncio.run(main())

@@ -23,7 +23,6 @@ class Code(IntEnum):
     LEASE_LOST = 1
     ALREADY_DONE = 2
     DUPLICATE = 3
-    NOT_FOUND = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +41,3 @@ def load(name: str) -> Script:
     """The script `name`.lua with its includes expanded."""
     source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}.lua"), _read(f"{name}.lua"))
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())
-
-
-def names() -> list[str]:
-    """Every transition script, by name."""
-    files = resources.files(__package__).iterdir()
-    return sorted(f.name[:-4] for f in files if f.name.endswith(".lua"))

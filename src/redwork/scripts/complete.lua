@@ -16,13 +16,12 @@ local fenced = 0
 for i = 4, #ARGV, 3 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
-  local code = lease_code(job[1], job[2], ARGV[i + 1])
+  local code, attempt = check_lease(key, ARGV[i + 1])
   if code == OK then
     redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished_at', now)
     redis.call('EXPIRE', key, ttl)
     done[#done + 1] = id
-    note('completed', id, job[3])
+    note('completed', id, attempt)
     announce_end(prefix, id, 'completed')
   elseif code == LEASE_LOST then
     fenced = fenced + 1

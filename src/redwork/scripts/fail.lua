@@ -20,18 +20,17 @@ local dead, retried, fenced = 0, 0, 0
 for i = 3, #ARGV, 5 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
-  local code = lease_code(job[1], job[2], ARGV[i + 1])
+  local code, attempt = check_lease(key, ARGV[i + 1])
   if code == OK then
     local retry_in = tonumber(ARGV[i + 4])
     ended[#ended + 1] = id
     if retry_in >= 0 then
       redis.call('HSET', key, 'state', 'delayed', 'reason', ARGV[i + 2], 'error', ARGV[i + 3])
       redis.call('ZADD', KEYS[2], now + retry_in, id)
-      note('retry_scheduled', id, job[3])
+      note('retry_scheduled', id, attempt)
       retried = retried + 1
     else
-      to_failed_store(KEYS[3], prefix, id, ARGV[i + 2], ARGV[i + 3], job[3], now)
+      to_failed_store(KEYS[3], prefix, id, ARGV[i + 2], ARGV[i + 3], attempt, now)
       dead = dead + 1
     end
   elseif code == LEASE_LOST then

@@ -51,7 +51,8 @@ if ids then
     local job = valid_id and redis.call('HMGET', key, 'data', 'token', 'attempt') or { false }
     if not job[1] then
       -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
-      local raw_id = 'raw-' .. redis.call('INCR', KEYS[7])
+      -- '@' cannot start a job id, so this name never collides with a real job.
+      local raw_id = '@raw-' .. redis.call('INCR', KEYS[7])
       local raw_key = prefix .. 'job:' .. raw_id
       redis.call('HSET', raw_key, 'data', string.sub(id, 1, 4096), 'attempt', 0,
         'token', 0, 'losses', 0, 'enqueued_at', now)

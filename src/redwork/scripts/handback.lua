@@ -15,9 +15,9 @@ local codes, returned = {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
-  if lease_code(job[1], job[2], ARGV[i + 1]) == OK then
-    local attempt = tonumber(job[3]) - 1
+  local code, attempt = check_lease(key, ARGV[i + 1])
+  if code == OK then
+    attempt = tonumber(attempt) - 1
     redis.call('HSET', key, 'state', 'waiting', 'attempt', attempt)
     redis.call('HDEL', key, 'worker')
     returned[#returned + 1] = id

@@ -11,8 +11,7 @@ local deadline = now_ms() + tonumber(ARGV[2])
 local lost, leases = {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
-  local job = redis.call('HMGET', prefix .. 'job:' .. id, 'state', 'token')
-  if lease_code(job[1], job[2], ARGV[i + 1]) == OK then
+  if check_lease(prefix .. 'job:' .. id, ARGV[i + 1]) == OK then
     leases[#leases + 1] = deadline
     leases[#leases + 1] = id
   else

@@ -16,8 +16,8 @@ for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then ids = redis.call('ZRANGE', KEYS[2], 0, -1) end
 local moved = 0
 for _, id in ipairs(ids) do
-  -- Entries buried by fetch as raw bytes are not jobs and cannot run again.
-  if string.sub(id, 1, 4) ~= 'raw-' and redis.call('ZREM', KEYS[2], id) == 1 then
+  -- Entries buried by fetch as raw bytes (@raw-N) are not jobs and cannot run again.
+  if string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
     redis.call('HSET', prefix .. 'job:' .. id, 'state', 'waiting', 'attempt', 0, 'losses', 0)
     redis.call('LPUSH', KEYS[1], id)
     note('requeued', id, 0)

@@ -5,7 +5,6 @@ local OK = 0
 local LEASE_LOST = 1
 local ALREADY_DONE = 2
 local DUPLICATE = 3
-local NOT_FOUND = 4
 
 -- The events stream keeps roughly this many entries (XADD MAXLEN ~).
 local EVENTS_MAXLEN = 10000
@@ -79,9 +78,14 @@ end
 
 -- Fencing: only the delivery holding the current token may end or extend a job.
 -- A repeat of the call that already ended this delivery is ALREADY_DONE.
-local function lease_code(state, current_token, token)
-  if current_token ~= token then return LEASE_LOST end
-  if state == 'active' then return OK end
-  if state == 'completed' or state == 'failed' or state == 'delayed' then return ALREADY_DONE end
-  return LEASE_LOST
+-- Returns that code and the job's attempt number.
+local function check_lease(key, token)
+  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
+  local state = job[1]
+  if job[2] ~= token then return LEASE_LOST, job[3] end
+  if state == 'active' then return OK, job[3] end
+  if state == 'completed' or state == 'failed' or state == 'delayed' then
+    return ALREADY_DONE, job[3]
+  end
+  return LEASE_LOST, job[3]
 end
