@@ -17,7 +17,8 @@ from click.testing import CliRunner
 
 from redwork import JobState, Redwork
 from redwork.cli import cli
-from redwork.queue import WORKERS_CHANNEL, Queue
+from redwork.queue import Queue
+from redwork.registry import WORKERS_CHANNEL
 from redwork.server import EmbeddedServer
 from tests import tasks
 from tests.conftest import WorkerProcess, wait_for_event

@@ -25,7 +25,8 @@ import redis
 from redwork import JobState, Redwork, Settings
 from redwork.client import Client
 from redwork.job import Envelope, new_job_id, now_ms
-from redwork.queue import WORKERS_CHANNEL, Queue
+from redwork.queue import Queue
+from redwork.registry import WORKERS_CHANNEL
 from redwork.server import ServerProcess, free_port
 from tests import tasks
 from tests.conftest import (

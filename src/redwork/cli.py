@@ -17,7 +17,8 @@ from rich.table import Table
 from redwork.app import Redwork
 from redwork.client import Client
 from redwork.errors import JobNotFound, RedworkError
-from redwork.queue import QUEUES_KEY, WORKERS_KEY, Queue, worker_key
+from redwork.queue import QUEUES_KEY, Queue
+from redwork.registry import live_workers
 from redwork.settings import Settings, to_env
 
 console = Console()
@@ -307,7 +308,7 @@ def info(ctx: click.Context) -> None:
     for column in ("worker", "queues", "concurrency", "running", "done", "failed", "last seen"):
         workers.add_column(column)
     now = time.time() * 1000
-    for worker_id, seen, fields in _live_workers(client):
+    for worker_id, seen, fields in live_workers(client.redis()):
         workers.add_row(
             worker_id,
             fields.get("queues", ""),
@@ -318,20 +319,6 @@ def info(ctx: click.Context) -> None:
             f"{(now - seen) / 1000:.1f}s ago",
         )
     console.print(workers)
-
-
-def _live_workers(client: Client) -> list[tuple[str, float, dict[str, str]]]:
-    """Registered workers whose registration has not expired (those that died silently
-    drop out once their heartbeat key lapses)."""
-    redis = client.redis()
-    live = []
-    entries = cast(list[tuple[bytes, float]], redis.zrange(WORKERS_KEY, 0, -1, withscores=True))
-    for raw_id, seen in entries:
-        worker_id = raw_id.decode()
-        raw = cast(dict[bytes, bytes], redis.hgetall(worker_key(worker_id)))
-        if raw:
-            live.append((worker_id, seen, {k.decode(): v.decode() for k, v in raw.items()}))
-    return live
 
 
 @cli.group()

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from redwork.app import Redwork
 from redwork.job import JobRecord, JobState
-from redwork.queue import WORKERS_CHANNEL
+from redwork.registry import WORKERS_CHANNEL
 from redwork.settings import Settings, to_env
 from redwork.supervisor import worker_command
 from redwork.worker import current_job

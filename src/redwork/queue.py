@@ -20,12 +20,6 @@ from redwork.scripts import Code, Script, load
 T = TypeVar("T")
 KEY_ROOT = "rw"
 QUEUES_KEY = f"{KEY_ROOT}:queues"
-WORKERS_KEY = f"{KEY_ROOT}:workers"
-WORKERS_CHANNEL = f"{KEY_ROOT}:workers"
-
-
-def worker_key(worker_id: str) -> str:
-    return f"{KEY_ROOT}:worker:{worker_id}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,16 +27,8 @@ from redwork.app import Redwork, Task
 from redwork.connection import TRANSIENT, Backoff
 from redwork.errors import UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
-from redwork.queue import (
-    WORKERS_CHANNEL,
-    WORKERS_KEY,
-    Delivery,
-    Failure,
-    Op,
-    Queue,
-    arun,
-    worker_key,
-)
+from redwork.queue import Delivery, Failure, Op, Queue, arun
+from redwork.registry import Registration
 from redwork.scripts import Code
 from redwork.settings import Settings
 
@@ -117,6 +109,7 @@ class Worker:
             self.settings.concurrency, thread_name_prefix="redwork-job"
         )
         self._redis: redis.asyncio.Redis | None = None
+        self._registration: Registration | None = None
         self._fetching: redis.asyncio.Redis | None = None
         self._reporting: redis.asyncio.Redis | None = None
 
@@ -176,7 +169,22 @@ class Worker:
         assert self._redis is not None
         info = await connection.aretrying(self._redis.info, "connect", float("inf"))
         connection.check_server(info)
-        await connection.aretrying(self._register, "register", float("inf"))
+        info = {
+            "id": self.id,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "queues": ",".join(self.settings.queues),
+            "concurrency": self.settings.concurrency,
+            "started_at": self.stats.started_at,
+        }
+        ttl = int(self.settings.heartbeat_interval * 3) + 1
+        self._registration = registration = Registration(self._redis, info, ttl)
+
+        async def register() -> None:
+            await registration.register(self.settings.queues)
+            await registration.refresh(self._counters())
+
+        await connection.aretrying(register, "register", float("inf"))
 
     async def _unless_stopped(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
         """Await `awaitable` unless a stop is requested first, in which case it is
@@ -470,7 +478,8 @@ class Worker:
                 return
             try:
                 await self._extend_leases()
-                await self._announce()
+                assert self._registration is not None
+                await self._registration.refresh(self._counters())
                 last_ok = loop.time()
             except TRANSIENT as exc:
                 silent = loop.time() - last_ok
@@ -526,66 +535,19 @@ class Worker:
 
     # -- registry ---------------------------------------------------------------------
 
-    async def _register(self) -> None:
-        assert self._redis is not None
-        info = {
-            "id": self.id,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "queues": ",".join(self.settings.queues),
-            "concurrency": self.settings.concurrency,
-            "started_at": self.stats.started_at,
+    def _counters(self) -> dict[str, int]:
+        stats = self.stats
+        return {
+            "done": stats.done,
+            "failed": stats.failed,
+            "fenced": stats.fenced,
+            "running": len(self._running),
         }
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.sadd("rw:queues", *self.settings.queues)
-            pipe.hset(worker_key(self.id), mapping=info)  # type: ignore[arg-type]
-            pipe.expire(worker_key(self.id), self._registration_ttl)
-            pipe.publish(WORKERS_CHANNEL, orjson.dumps({"event": "started", **info}))
-            await pipe.execute()
-        await self._announce()
-
-    async def _announce(self) -> None:
-        assert self._redis is not None
-        key = worker_key(self.id)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.zadd(WORKERS_KEY, {self.id: now_ms()})
-            pipe.hset(
-                key,
-                mapping={
-                    "done": self.stats.done,
-                    "failed": self.stats.failed,
-                    "fenced": self.stats.fenced,
-                    "running": len(self._running),
-                    "last_seen": now_ms(),
-                },
-            )
-            pipe.expire(key, self._registration_ttl)
-            # Workers that died without deregistering drop out of the index too.
-            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now_ms() - 1000 * self._registration_ttl)
-            await pipe.execute()
-
-    @property
-    def _registration_ttl(self) -> int:
-        return int(self.settings.heartbeat_interval * 3) + 1
 
     async def _deregister(self) -> None:
-        assert self._redis is not None
+        assert self._registration is not None
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.zrem(WORKERS_KEY, self.id)
-                pipe.delete(worker_key(self.id))
-                pipe.publish(
-                    WORKERS_CHANNEL,
-                    orjson.dumps(
-                        {
-                            "event": "stopped",
-                            "id": self.id,
-                            "done": self.stats.done,
-                            "failed": self.stats.failed,
-                        }
-                    ),
-                )
-                await pipe.execute()
+            await self._registration.deregister(self._counters())
         except TRANSIENT as exc:
             log.warning("could not announce this worker's stop: %s", exc)
 
