@@ -29,7 +29,7 @@ from redwork.errors import UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
 from redwork.queue import Delivery, Failure, Op, Queue, arun
 from redwork.registry import Registration
-from redwork.scripts import Code
+from redwork.reporter import Reporter
 from redwork.settings import Settings
 
 log = logging.getLogger("redwork.worker")
@@ -79,7 +79,6 @@ class _Running:
 class WorkerStats:
     done: int = 0
     failed: int = 0
-    fenced: int = 0
     started_at: int = field(default_factory=now_ms)
 
 
@@ -100,11 +99,8 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
-        self._closing = False
         self._services_done = asyncio.Event()
-        self._completed: dict[str, list[tuple[str, int, bytes]]] = defaultdict(list)
-        self._failed: dict[str, list[Failure]] = defaultdict(list)
-        self._reports_pending = asyncio.Event()
+        self._reporter = Reporter(self.queues, self.settings.result_ttl, self.settings.lease)
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="redwork-job"
         )
@@ -145,7 +141,9 @@ class Worker:
                 # Roles are never cancelled: each ends by itself once told to stop, so that
                 # no reply in flight (a fetch that leased jobs, a report) is thrown away.
                 fetcher = roles.create_task(self._fetch_loop(), name="fetcher")
-                reporter = roles.create_task(self._report_loop(), name="reporter")
+                reporter = roles.create_task(
+                    self._reporter.run(self._reporting, self._hard_stop), name="reporter"
+                )
                 roles.create_task(self._heartbeat_loop(), name="heartbeat")
                 roles.create_task(self._recover_loop(), name="recoverer")
                 await self._stop.wait()
@@ -154,8 +152,7 @@ class Worker:
                 self._prefetched.clear()
                 await self._drain()
                 await self._hand_back_unfinished()
-                self._closing = True
-                self._reports_pending.set()
+                self._reporter.close()
                 await reporter
                 self._services_done.set()
             await self._deregister()
@@ -380,11 +377,10 @@ class Worker:
     def _report(self, running: _Running, outcome: _Completed | _Failed) -> None:
         delivery = running.delivery
         if isinstance(outcome, _Completed):
-            self._completed[delivery.queue].append((delivery.id, delivery.token, outcome.result))
+            self._reporter.completed(delivery, outcome.result)
             self.stats.done += 1
         else:
-            self._failed[delivery.queue].append(self._failure(running, outcome))
-        self._reports_pending.set()
+            self._reporter.failed(delivery.queue, self._failure(running, outcome))
 
     def _failure(self, running: _Running, outcome: _Failed) -> Failure:
         delivery, retry_in = running.delivery, -1
@@ -405,67 +401,6 @@ class Worker:
             f"; retry in {retry_in} ms" if retry_in >= 0 else "",
         )
         return Failure(delivery.id, delivery.token, outcome.reason.value, outcome.error, retry_in)
-
-    # -- reporter ---------------------------------------------------------------------
-
-    async def _report_loop(self) -> None:
-        backoff = Backoff()
-        loop = asyncio.get_running_loop()
-        failing_since: float | None = None
-        while True:
-            await self._reports_pending.wait()
-            self._reports_pending.clear()
-            try:
-                await self._flush_reports()
-                backoff.reset()
-                failing_since = None
-            except TRANSIENT as exc:
-                failing_since = failing_since or loop.time()
-                # A stopping worker waits for the server at most one lease: by then the
-                # jobs are someone else's anyway.
-                given_up = self._closing and loop.time() - failing_since > self.settings.lease
-                if self._hard_stop.is_set() or given_up:
-                    log.error(
-                        "server away while stopping: %d outcomes not reported; their "
-                        "jobs run again once their lease ends",
-                        sum(map(len, self._completed.values()))
-                        + sum(map(len, self._failed.values())),
-                    )
-                    return
-                self._reports_pending.set()
-                await asyncio.sleep(backoff.next("report results", exc))
-                continue
-            if self._closing and not self._running:
-                return
-
-    async def _flush_reports(self) -> None:
-        """Send every outcome gathered so far; an outcome leaves the buffer only once
-        the server has it, and a repeat after a lost reply is ALREADY_DONE."""
-        for queue in self.queues:
-            completed = self._completed.get(queue.name)
-            if completed:
-                batch = completed[:]
-                codes = await self._call_on(
-                    self._reporting, queue.complete(batch, self.settings.result_ttl)
-                )
-                del completed[: len(batch)]
-                self._note_fenced(queue, [job_id for job_id, _, _ in batch], codes)
-            failed = self._failed.get(queue.name)
-            if failed:
-                failures = failed[:]
-                codes = await self._call_on(self._reporting, queue.fail(failures))
-                del failed[: len(failures)]
-                self._note_fenced(queue, [f.id for f in failures], codes)
-
-    def _note_fenced(self, queue: Queue, job_ids: list[str], codes: list[Code]) -> None:
-        for job_id, code in zip(job_ids, codes, strict=True):
-            if code is Code.LEASE_LOST:
-                self.stats.fenced += 1
-                log.warning(
-                    "job %s of %s: result refused, the lease was lost to another worker (fenced)",
-                    job_id,
-                    queue.name,
-                )
 
     # -- heartbeat and recovery -------------------------------------------------------
 
@@ -498,8 +433,7 @@ class Worker:
             held = by_queue.get(queue.name, [])
             leases = [(r.delivery.id, r.delivery.token) for r in held]
             leases += [(d.id, d.token) for d in self._prefetched if d.queue == queue.name]
-            leases += [(job_id, token) for job_id, token, _ in self._completed.get(queue.name, ())]
-            leases += [(f.id, f.token) for f in self._failed.get(queue.name, ())]
+            leases += self._reporter.unsent(queue.name)
             if leases:
                 lost_ids = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
                 lost = set(lost_ids)
@@ -540,7 +474,7 @@ class Worker:
         return {
             "done": stats.done,
             "failed": stats.failed,
-            "fenced": stats.fenced,
+            "fenced": self._reporter.fenced,
             "running": len(self._running),
         }
 

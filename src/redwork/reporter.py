@@ -1,0 +1,105 @@
+"""The reporter: gathers how a worker's jobs ended and sends the outcomes in batches (one
+complete and one fail call per queue per round trip). An outcome leaves the buffer only
+once the server has it; a repeat after a lost reply is ALREADY_DONE, so none is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+
+import redis.asyncio
+
+from redwork.connection import TRANSIENT, Backoff
+from redwork.queue import Delivery, Failure, Queue, arun
+from redwork.scripts import Code
+
+log = logging.getLogger("redwork.worker")
+
+
+class Reporter:
+    def __init__(self, queues: list[Queue], result_ttl: int, give_up_after: float) -> None:
+        self.queues = queues
+        self.result_ttl = result_ttl
+        self.give_up_after = give_up_after
+        """Seconds a closing reporter keeps trying while the server is away."""
+        self.fenced = 0
+        self._completed: dict[str, list[tuple[str, int, bytes]]] = defaultdict(list)
+        self._failed: dict[str, list[Failure]] = defaultdict(list)
+        self._pending = asyncio.Event()
+        self._closing = False
+
+    def completed(self, delivery: Delivery, result: bytes) -> None:
+        self._completed[delivery.queue].append((delivery.id, delivery.token, result))
+        self._pending.set()
+
+    def failed(self, queue: str, failure: Failure) -> None:
+        self._failed[queue].append(failure)
+        self._pending.set()
+
+    def unsent(self, queue: str) -> list[tuple[str, int]]:
+        """(id, token) of the outcomes of `queue` the server does not have yet: their
+        leases must be kept alive until it does."""
+        leases = [(job_id, token) for job_id, token, _ in self._completed.get(queue, ())]
+        return leases + [(f.id, f.token) for f in self._failed.get(queue, ())]
+
+    def close(self) -> None:
+        """Send what is left, then end run()."""
+        self._closing = True
+        self._pending.set()
+
+    async def run(self, client: redis.asyncio.Redis, hard_stop: asyncio.Event) -> None:
+        backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
+        while True:
+            await self._pending.wait()
+            self._pending.clear()
+            try:
+                await self._flush(client)
+                backoff.reset()
+                failing_since = None
+            except TRANSIENT as exc:
+                failing_since = failing_since or loop.time()
+                # A stopping worker waits for the server a bounded time (one lease): by
+                # then the jobs are someone else's anyway.
+                given_up = self._closing and loop.time() - failing_since > self.give_up_after
+                if hard_stop.is_set() or given_up:
+                    unsent = sum(map(len, self._completed.values()))
+                    unsent += sum(map(len, self._failed.values()))
+                    log.error(
+                        "server away while stopping: %d outcomes not reported; their jobs "
+                        "run again once their lease ends",
+                        unsent,
+                    )
+                    return
+                self._pending.set()
+                await asyncio.sleep(backoff.next("report results", exc))
+                continue
+            if self._closing:
+                return
+
+    async def _flush(self, client: redis.asyncio.Redis) -> None:
+        for queue in self.queues:
+            completed = self._completed.get(queue.name)
+            if completed:
+                batch = completed[:]
+                codes = await arun(client, queue.complete(batch, self.result_ttl))
+                del completed[: len(batch)]
+                self._note_fenced(queue, [job_id for job_id, _, _ in batch], codes)
+            failed = self._failed.get(queue.name)
+            if failed:
+                failures = failed[:]
+                codes = await arun(client, queue.fail(failures))
+                del failed[: len(failures)]
+                self._note_fenced(queue, [f.id for f in failures], codes)
+
+    def _note_fenced(self, queue: Queue, job_ids: list[str], codes: list[Code]) -> None:
+        for job_id, code in zip(job_ids, codes, strict=True):
+            if code is Code.LEASE_LOST:
+                self.fenced += 1
+                log.warning(
+                    "job %s of %s: result refused, the lease was lost to another worker (fenced)",
+                    job_id,
+                    queue.name,
+                )
