@@ -152,3 +152,9 @@ def sync_announce_sleep(seconds: float) -> str:
     time.sleep(seconds)
     client.rpush(f"test:ended:{job.id}", job.attempt)
     return job.worker_id
+
+
+@app.task(name="poison")
+def poison() -> None:
+    """Kills the worker process running it, every time (a poison pill)."""
+    os._exit(1)

@@ -457,3 +457,11 @@ def test_longest_valid_queue_name_is_accepted(r: redis.Redis) -> None:
     q = Queue("x" * 128)
     enqueue(r, q, "a")
     assert fetch_one(r, q).id == "a"
+
+
+def test_a_job_that_lost_its_worker_before_is_delivered_alone(r: redis.Redis, q: Queue) -> None:
+    enqueue(r, q, "a", "b", "c", "d")
+    r.hset(q.job_key("b"), "losses", 1)  # as recover leaves a job whose worker died
+    assert [d.id for d in fetch(r, q, 4)] == ["a"]
+    assert [d.id for d in fetch(r, q, 4)] == ["b"]
+    assert [d.id for d in fetch(r, q, 4)] == ["c", "d"]

@@ -625,3 +625,24 @@ def test_sigterm_while_the_supervisor_starts_stops_every_child(
             supervisor.kill(signal.SIGTERM)  # a second signal reaches every child
             supervisor.wait(timeout=30)
             wait_gone(children)
+
+
+def test_a_poison_pill_fails_as_worker_lost_after_max_losses_and_the_rest_completes(
+    app: Redwork, r: redis.Redis, spawn_worker: SpawnWorker
+) -> None:
+    supervisor = spawn_worker("--processes", "2", concurrency=4)
+    pill = tasks.poison.enqueue()
+    handles = app.enqueue_many(tasks.add.prepare(i, 1) for i in range(100))
+    try:
+        failed = wait_for_event(r, Q, "failed", pill.id, timeout=60)
+        record = pill.info()
+        assert (record.state, record.reason, record.losses) == (
+            JobState.FAILED,
+            "worker_lost",
+            app.settings.max_losses,
+        )
+        assert failed["job"] == pill.id
+        assert [h.result(timeout=30) for h in handles] == [i + 1 for i in range(100)]
+    finally:
+        supervisor.kill(signal.SIGTERM)
+        supervisor.wait(timeout=20)

@@ -15,7 +15,8 @@ ARGV[6] max_bytes largest job document the worker will download
 Returns { ms until the next delayed job is due (0 if overdue) or -1 when none,
           id1, token1, attempt1, data1, id2, ... }.
 An entry of the wait list that is not a known job id, or a document over max_bytes,
-goes to the failed store here, without being sent to the worker.
+goes to the failed store here, without being sent to the worker. A job that has lost
+its worker before is delivered alone.
 ]]
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
@@ -43,38 +44,54 @@ end
 
 local out = { -1 }
 local leases = {}
-local ids = redis.call('RPOP', KEYS[1], count)
-if ids then
-  for _, id in ipairs(ids) do
-    local key = prefix .. 'job:' .. id
-    local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
-    local job = valid_id and redis.call('HMGET', key, 'data', 'token', 'attempt') or { false }
-    if not job[1] then
-      -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
-      -- '@' cannot start a job id, so this name never collides with a real job.
-      local raw_id = '@raw-' .. redis.call('INCR', KEYS[7])
-      local raw_key = prefix .. 'job:' .. raw_id
-      redis.call('HSET', raw_key, 'data', string.sub(id, 1, 4096), 'attempt', 0,
-        'token', 0, 'losses', 0, 'enqueued_at', now)
-      bury(raw_id, 'decode_error',
-        'the wait list held an entry that is not the id of a job of this queue', 0)
-    elseif #job[1] > max_bytes then
-      bury(id, 'payload_too_large',
-        'job document exceeds the worker limit of ' .. max_bytes .. ' bytes', job[3])
-    else
-      local token = tonumber(job[2]) + 1
-      local attempt = tonumber(job[3]) + 1
-      redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
-        'token', token, 'attempt', attempt)
-      leases[#leases + 1] = deadline_ms
-      leases[#leases + 1] = id
-      note('active', id, attempt)
-      out[#out + 1] = id
-      out[#out + 1] = token
-      out[#out + 1] = attempt
-      out[#out + 1] = job[1]
+local ids = redis.call('RPOP', KEYS[1], count) or {}
+local i = 1
+while i <= #ids do
+  local id = ids[i]
+  local key = prefix .. 'job:' .. id
+  local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
+  local job = valid_id and redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses')
+    or { false }
+  if not job[1] then
+    -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
+    -- '@' cannot start a job id, so this name never collides with a real job.
+    local raw_id = '@raw-' .. redis.call('INCR', KEYS[7])
+    local raw_key = prefix .. 'job:' .. raw_id
+    redis.call('HSET', raw_key, 'data', string.sub(id, 1, 4096), 'attempt', 0,
+      'token', 0, 'losses', 0, 'enqueued_at', now)
+    bury(raw_id, 'decode_error',
+      'the wait list held an entry that is not the id of a job of this queue', 0)
+  elseif #job[1] > max_bytes then
+    bury(id, 'payload_too_large',
+      'job document exceeds the worker limit of ' .. max_bytes .. ' bytes', job[3])
+  else
+    -- A job that has lost its worker before may be what killed it (a poison pill):
+    -- it travels alone, so that it cannot take the jobs fetched with it down again.
+    local suspect = tonumber(job[4] or 0) > 0
+    if suspect and #leases > 0 then break end
+    local token = tonumber(job[2]) + 1
+    local attempt = tonumber(job[3]) + 1
+    redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
+      'token', token, 'attempt', attempt)
+    leases[#leases + 1] = deadline_ms
+    leases[#leases + 1] = id
+    note('active', id, attempt)
+    out[#out + 1] = id
+    out[#out + 1] = token
+    out[#out + 1] = attempt
+    out[#out + 1] = job[1]
+    if suspect then
+      i = i + 1
+      break
     end
   end
+  i = i + 1
+end
+if i <= #ids then
+  -- Put back what this fetch did not take, in the same order, to be taken next.
+  local rest = {}
+  for j = #ids, i, -1 do rest[#rest + 1] = ids[j] end
+  call_chunked('RPUSH', KEYS[1], rest)
 end
 if #leases > 0 then call_chunked('ZADD', KEYS[2], leases, 2) end
 
