@@ -158,3 +158,13 @@ def sync_announce_sleep(seconds: float) -> str:
 def poison() -> None:
     """Kills the worker process running it, every time (a poison pill)."""
     os._exit(1)
+
+
+@app.task(name="block_loop")
+async def block_loop(seconds: float) -> str:
+    """Blocks the worker's event loop on the first attempt (the mistake of calling
+    time.sleep in a coroutine); later attempts return at once."""
+    job = current_job()
+    if job.attempt == 1:
+        time.sleep(seconds)
+    return job.worker_id

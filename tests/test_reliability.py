@@ -646,3 +646,30 @@ def test_a_poison_pill_fails_as_worker_lost_after_max_losses_and_the_rest_comple
     finally:
         supervisor.kill(signal.SIGTERM)
         supervisor.wait(timeout=20)
+
+
+def test_a_task_blocking_the_event_loop_is_reclaimed_fenced_and_reported(
+    app: Redwork, r: redis.Redis, logged_worker: Callable[..., LoggedWorker]
+) -> None:
+    blocked = logged_worker()
+    blocked.wait_for_log("concurrency")
+    lease = app.settings.lease
+    handle = tasks.block_loop.enqueue(3 * lease)
+    wait_for_event(r, Q, "active", handle.id)
+    rescuer = logged_worker()
+    # The lease lapses while the loop is blocked; the other worker takes the job.
+    wait_for_event(r, Q, "recovered", handle.id)
+    assert handle.result(timeout=20) == rescuer_id(rescuer, r, handle.id)
+    line = blocked.wait_for_log("event loop blocked for")
+    assert float(line.split("blocked for ")[1].split("s")[0]) >= 2 * lease
+    blocked.wait_for_log("fenced")
+    assert handle.info().attempt == 2
+    assert int(r.hget(Queue(Q).stats, "fenced") or 0) == 1
+
+
+def rescuer_id(worker: LoggedWorker, r: redis.Redis, job_id: str) -> str:
+    """The id of the worker that completed the job (the task returns it too)."""
+    fields = r.hget(Queue(Q).job_key(job_id), "worker")
+    assert fields is not None
+    assert pid_of(fields) == worker.proc.pid
+    return fields.decode()

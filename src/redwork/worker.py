@@ -146,6 +146,7 @@ class Worker:
                 )
                 roles.create_task(self._heartbeat_loop(), name="heartbeat")
                 roles.create_task(self._recover_loop(), name="recoverer")
+                roles.create_task(self._watch_loop(), name="watchdog")
                 await self._stop.wait()
                 await fetcher
                 await self._hand_back(list(self._prefetched))  # never started: return at once
@@ -466,6 +467,24 @@ class Worker:
                     log.warning("recovery check failed: %s", exc)
             # Jitter spreads the checks of many workers over the interval.
             await self._pause(self.settings.lease / 2 * (0.5 + random.random()))
+
+    async def _watch_loop(self) -> None:
+        """Say when the event loop was blocked (a coroutine task calling time.sleep or
+        crunching numbers): nothing else runs meanwhile, heartbeats included, so the
+        worker's leases can run out and its jobs go to other workers."""
+        loop = asyncio.get_running_loop()
+        tick = 0.1
+        threshold = min(1.0, self.settings.lease / 4)
+        while not self._services_done.is_set():
+            before = loop.time()
+            await self._pause(tick)
+            late = loop.time() - before - tick
+            if late > threshold:
+                log.warning(
+                    "event loop blocked for %.2fs: a coroutine task ran blocking code (make "
+                    "it a plain def, which runs in a thread); leases went unrenewed meanwhile",
+                    late,
+                )
 
     # -- registry ---------------------------------------------------------------------
 
