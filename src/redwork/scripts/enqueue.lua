@@ -19,8 +19,8 @@ for i = 3, #ARGV, 2 do
   if redis.call('EXISTS', key) == 1 then
     codes[#codes + 1] = DUPLICATE
   else
-    redis.call('HSET', key, 'data', ARGV[i + 1], 'state', 'waiting', 'attempt', 0,
-      'token', 0, 'losses', 0, 'enqueued_at', now)
+    -- attempt, token and losses start absent, read as 0: less for the server to write.
+    redis.call('HSET', key, 'data', ARGV[i + 1], 'state', 'waiting', 'enqueued_at', now)
     added[#added + 1] = id
     note('enqueued', id, 0)
     codes[#codes + 1] = OK

@@ -69,8 +69,8 @@ while i <= #ids do
     -- it travels alone, so that it cannot take the jobs fetched with it down again.
     local suspect = tonumber(job[4] or 0) > 0
     if suspect and #leases > 0 then break end
-    local token = tonumber(job[2]) + 1
-    local attempt = tonumber(job[3]) + 1
+    local token = tonumber(job[2] or 0) + 1
+    local attempt = tonumber(job[3] or 0) + 1
     redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
       'token', token, 'attempt', attempt)
     leases[#leases + 1] = deadline_ms
