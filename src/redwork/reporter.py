@@ -43,6 +43,9 @@ class Reporter:
         leases = [(job_id, token) for job_id, token, _ in self._completed.get(queue, ())]
         return leases + [(f.id, f.token) for f in self._failed.get(queue, ())]
 
+    def _backlog(self) -> int:
+        return sum(map(len, self._completed.values())) + sum(map(len, self._failed.values()))
+
     def close(self) -> None:
         """Send what is left, then end run()."""
         self._closing = True
@@ -65,18 +68,17 @@ class Reporter:
                 # then the jobs are someone else's anyway.
                 given_up = self._closing and loop.time() - failing_since > self.give_up_after
                 if hard_stop.is_set() or given_up:
-                    unsent = sum(map(len, self._completed.values()))
-                    unsent += sum(map(len, self._failed.values()))
                     log.error(
                         "server away while stopping: %d outcomes not reported; their jobs "
                         "run again once their lease ends",
-                        unsent,
+                        self._backlog(),
                     )
                     return
                 self._pending.set()
                 await asyncio.sleep(backoff.next("report results", exc))
                 continue
-            if self._closing:
+            # Outcomes that arrived while a flush was in flight are still to send.
+            if self._closing and not self._backlog():
                 return
 
     async def _flush(self, client: redis.asyncio.Redis) -> None:
