@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
@@ -80,16 +81,11 @@ class Client:
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         """Store jobs; returns their ids. A job whose id exists already is not added
         again (the id is returned all the same)."""
-        encoded = self._encode(envelopes)
-        new_queues = self._new_queues(envelopes)
-        if new_queues:
-            self.redis().sadd(QUEUES_KEY, *new_queues)
-            self._known_queues.update(new_queues)
-        chunks = list(_chunks(encoded))
-        ops = [queue.enqueue(jobs) for queue, jobs in chunks]
-        replies = self._retrying(partial(run_many, self.redis(), ops), "enqueue")
-        self._log_duplicates(chunks, replies)
-        return [e.id for e in envelopes]
+        plan = self._plan_enqueue(envelopes)
+        if plan.new_queues:
+            self.redis().sadd(QUEUES_KEY, *plan.new_queues)
+        replies = self._retrying(partial(run_many, self.redis(), plan.ops), "enqueue")
+        return self._enqueued(plan, replies)
 
     def job(self, queue: str, job_id: str) -> JobRecord:
         record: JobRecord | None = self.run(self.queue(queue).job(job_id))
@@ -100,7 +96,7 @@ class Client:
     def wait(self, queue: str, job_id: str, timeout: float | None = None) -> JobRecord:
         """Block until the job is completed or failed; listens on the job's channel
         rather than polling."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = _Deadline(job_id, timeout, time.monotonic)
         pubsub = self.redis().pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(self.queue(queue).job_channel(job_id))
@@ -114,10 +110,7 @@ class Client:
                 record = self.job(queue, job_id)
                 if record.state.is_final:
                     return record
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ResultTimeout(f"job {job_id} is still {record.state} after {timeout}s")
-                pubsub.get_message(timeout=min(remaining or 60.0, 60.0))
+                pubsub.get_message(timeout=deadline.next_wait(record))
         finally:
             pubsub.close()
 
@@ -143,17 +136,12 @@ class Client:
         return await arun(await self.aredis(), op)
 
     async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
-        encoded = self._encode(envelopes)
+        plan = self._plan_enqueue(envelopes)
         client = await self.aredis()
-        new_queues = self._new_queues(envelopes)
-        if new_queues:
-            await client.sadd(QUEUES_KEY, *new_queues)
-            self._known_queues.update(new_queues)
-        chunks = list(_chunks(encoded))
-        ops = [queue.enqueue(jobs) for queue, jobs in chunks]
-        replies = await self._aretrying(partial(arun_many, client, ops), "enqueue")
-        self._log_duplicates(chunks, replies)
-        return [e.id for e in envelopes]
+        if plan.new_queues:
+            await client.sadd(QUEUES_KEY, *plan.new_queues)
+        replies = await self._aretrying(partial(arun_many, client, plan.ops), "enqueue")
+        return self._enqueued(plan, replies)
 
     async def ajob(self, queue: str, job_id: str) -> JobRecord:
         record: JobRecord | None = await self.arun(self.queue(queue).job(job_id))
@@ -165,8 +153,7 @@ class Client:
         """The async twin of wait()."""
         client = await self.aredis()
         pubsub = client.pubsub()
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = _Deadline(job_id, timeout, asyncio.get_running_loop().time)
         try:
             await pubsub.subscribe(self.queue(queue).job_channel(job_id))
             wait = self.settings.socket_timeout
@@ -176,10 +163,7 @@ class Client:
                 record = await self.ajob(queue, job_id)
                 if record.state.is_final:
                     return record
-                remaining = None if deadline is None else deadline - loop.time()
-                if remaining is not None and remaining <= 0:
-                    raise ResultTimeout(f"job {job_id} is still {record.state} after {timeout}s")
-                await pubsub.get_message(timeout=min(remaining or 60.0, 60.0))
+                await pubsub.get_message(timeout=deadline.next_wait(record))
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -200,21 +184,49 @@ class Client:
     async def _aretrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         return await connection.aretrying(call, what, self.settings.reconnect_for)
 
-    def _encode(self, envelopes: Sequence[Envelope]) -> list[tuple[Queue, str, bytes]]:
+    def _plan_enqueue(self, envelopes: Sequence[Envelope]) -> _EnqueuePlan:
+        """Encode every job first: a batch with one bad job stores nothing."""
         limit = self.settings.max_payload
-        return [(self.queue(e.queue), e.id, e.encode(limit)) for e in envelopes]
+        encoded = [(self.queue(e.queue), e.id, e.encode(limit)) for e in envelopes]
+        chunks = list(_chunks(encoded))
+        return _EnqueuePlan(
+            ids=[e.id for e in envelopes],
+            new_queues={e.queue for e in envelopes} - self._known_queues,
+            chunks=chunks,
+            ops=[queue.enqueue(jobs) for queue, jobs in chunks],
+        )
 
-    def _new_queues(self, envelopes: Sequence[Envelope]) -> set[str]:
-        return {e.queue for e in envelopes} - self._known_queues
-
-    @staticmethod
-    def _log_duplicates(
-        chunks: list[tuple[Queue, list[tuple[str, bytes]]]], replies: list[list[Code]]
-    ) -> None:
-        for (_, jobs), codes in zip(chunks, replies, strict=True):
+    def _enqueued(self, plan: _EnqueuePlan, replies: list[list[Code]]) -> list[str]:
+        self._known_queues.update(plan.new_queues)
+        for (_, jobs), codes in zip(plan.chunks, replies, strict=True):
             for (job_id, _), code in zip(jobs, codes, strict=True):
                 if code is Code.DUPLICATE:
                     log.info("job %s exists already; not enqueued again", job_id)
+        return plan.ids
+
+
+@dataclass(frozen=True, slots=True)
+class _EnqueuePlan:
+    ids: list[str]
+    new_queues: set[str]
+    chunks: list[tuple[Queue, list[tuple[str, bytes]]]]
+    ops: list[Op[list[Code]]]
+
+
+class _Deadline:
+    """How long a result wait may still block, in pieces of at most a minute."""
+
+    def __init__(self, job_id: str, timeout: float | None, clock: Callable[[], float]) -> None:
+        self.job_id, self.timeout, self.clock = job_id, timeout, clock
+        self.at = None if timeout is None else clock() + timeout
+
+    def next_wait(self, record: JobRecord) -> float:
+        if self.at is None:
+            return 60.0
+        remaining = self.at - self.clock()
+        if remaining <= 0:
+            raise ResultTimeout(f"job {self.job_id} is still {record.state} after {self.timeout}s")
+        return min(remaining, 60.0)
 
 
 def _confirms_subscription(message: dict[str, Any] | None) -> bool:
