@@ -184,3 +184,20 @@ def count_events(client: redis.Redis, queue: str, event: str) -> int:
     """How many jobs had an event of that kind (the stream batches them per call)."""
     entries = client.xrange(Queue(queue).events, "-", "+")
     return sum(1 for _, raw in entries for job in job_events(raw) if job["event"] == event)
+
+
+def valkey_servers_under(root: Path) -> list[int]:
+    """Pids of live valkey-server processes whose working directory is under root."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() != "valkey-server":
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if cwd.is_relative_to(root.resolve()):
+            pids.append(int(entry.name))
+    return pids

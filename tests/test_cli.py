@@ -21,7 +21,7 @@ from redwork.queue import Queue
 from redwork.registry import WORKERS_CHANNEL
 from redwork.server import EmbeddedServer
 from tests import tasks
-from tests.conftest import WorkerProcess, wait_for_event
+from tests.conftest import WorkerProcess, valkey_servers_under, wait_for_event
 
 
 def run_cli(
@@ -56,23 +56,6 @@ def table_row(output: str, first_cell: str) -> list[str]:
         if cells and cells[0] == first_cell:
             return cells
     raise AssertionError(f"no row {first_cell!r} in:\n{output}")
-
-
-def valkey_servers_under(root: Path) -> list[int]:
-    """Pids of live valkey-server processes whose working directory is under root."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "valkey-server":
-                continue
-            cwd = Path(os.readlink(entry / "cwd"))
-        except OSError:
-            continue
-        if cwd.is_relative_to(root.resolve()):
-            pids.append(int(entry.name))
-    return pids
 
 
 def test_demo_runs_end_to_end_on_its_own_embedded_server(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from redwork.server import (
     find_server_binary,
     server_config,
 )
+from tests.conftest import valkey_servers_under
 
 
 def _client(url: str, timeout: float = 5.0) -> redis.Redis:
@@ -39,22 +40,6 @@ def _gone(pid: int) -> bool:
     return state == "Z"
 
 
-def _servers_in(data_dir: Path) -> list[int]:
-    """Pids of the live valkey-server processes working in data_dir."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() != "valkey-server":
-                continue
-            if Path(os.readlink(entry / "cwd")) == data_dir.resolve():
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.fixture
 def embedded(tmp_path: Path) -> Iterator[EmbeddedServer]:
     server = EmbeddedServer(tmp_path / "rw")
@@ -62,7 +47,7 @@ def embedded(tmp_path: Path) -> Iterator[EmbeddedServer]:
         yield server
     finally:
         server.stop()
-        assert _servers_in(server.data_dir) == []
+        assert valkey_servers_under(server.data_dir) == []
 
 
 def test_process_start_ping_stop(tmp_path: Path) -> None:
@@ -127,7 +112,7 @@ def test_embedded_ensure_running_twice(embedded: EmbeddedServer) -> None:
     second = embedded.status()
     assert first.running and second.running
     assert first.pid == second.pid
-    assert _servers_in(embedded.data_dir) == [first.pid]
+    assert valkey_servers_under(embedded.data_dir) == [first.pid]
     assert (embedded.data_dir / "server.url").read_text().strip() == url
     assert url.startswith("unix://") and url.endswith("valkey.sock?db=0")
     assert second.version == "8.1.8"
@@ -171,7 +156,7 @@ def test_two_processes_race_to_one_server(embedded: EmbeddedServer) -> None:
     url, pid = outputs[0][0].split()
     status = embedded.status()
     assert status.url == url and status.pid == int(pid)
-    assert _servers_in(embedded.data_dir) == [int(pid)]
+    assert valkey_servers_under(embedded.data_dir) == [int(pid)]
 
 
 def test_stop_then_status(embedded: EmbeddedServer) -> None:
@@ -249,7 +234,7 @@ def test_silent_server_is_waited_for_not_duplicated(embedded: EmbeddedServer) ->
         assert embedded.ensure_running(timeout=5.0) == url
     finally:
         waker.join()
-    assert _servers_in(embedded.data_dir) == [pid]
+    assert valkey_servers_under(embedded.data_dir) == [pid]
 
 
 def test_stop_paused_embedded_server(embedded: EmbeddedServer) -> None:
