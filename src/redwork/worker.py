@@ -1,6 +1,7 @@
 """The worker: one asyncio process that leases jobs, runs them in a fixed number of
 slots (coroutines on the loop, plain functions in threads) and reports how they ended.
-Its roles run in one TaskGroup: fetcher, reporter, heartbeat and recoverer."""
+Its roles run in one TaskGroup: fetcher, reporter (reporter.py), heartbeat, recoverer and
+watchdog; the live-worker registry is registry.py."""
 
 from __future__ import annotations
 
