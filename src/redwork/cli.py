@@ -272,38 +272,35 @@ def info(ctx: click.Context) -> None:
 
     client = _client(ctx)
     minute = int(time.time() // 60)
-    table = Table(title="queues")
-    for column in (
-        "queue",
-        "waiting",
-        "active",
-        "delayed",
-        "failed",
-        "completed",
-        "retried",
-        "recovered",
-        "fenced",
-        "done/min (last 5)",
+    now_table = Table(title="queues now")
+    totals = Table(title="queue totals")
+    for table, columns in (
+        (now_table, ("queue", "waiting", "active", "delayed", "failed", "done/min, last 5")),
+        (totals, ("queue", "enqueued", "completed", "failed", "retried", "recovered", "fenced")),
     ):
-        table.add_column(column, justify="left" if column == "queue" else "right")
+        for column in columns:
+            table.add_column(column, justify="left" if column == "queue" else "right")
     for name in _queue_names(client):
         queue = Queue(name)
         counts = client.run(queue.counts())
         recent = client.run(queue.completed_per_minute(range(minute - 4, minute + 1)))
-        s = counts.stats
-        table.add_row(
+        now_table.add_row(
             name,
             str(counts.waiting),
             str(counts.active),
             str(counts.delayed),
             str(counts.failed),
-            str(s.get("completed", 0)),
-            str(s.get("retried", 0)),
-            str(s.get("recovered", 0)),
-            str(s.get("fenced", 0)),
             " ".join(str(n) for n in recent),
         )
-    console.print(table)
+        totals.add_row(
+            name,
+            *(
+                str(counts.stats.get(k, 0))
+                for k in ("enqueued", "completed", "failed", "retried", "recovered", "fenced")
+            ),
+        )
+    console.print(now_table)
+    console.print(totals)
     workers = Table(title="workers")
     for column in ("worker", "queues", "concurrency", "running", "done", "failed", "last seen"):
         workers.add_column(column)
