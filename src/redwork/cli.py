@@ -271,7 +271,8 @@ def info(ctx: click.Context) -> None:
     import time
 
     client = _client(ctx)
-    minute = int(time.time() // 60)
+    seconds, _ = client.redis().time()  # the scripts count completions by server minute
+    minute = int(seconds) // 60
     now_table = Table(title="queues now")
     totals = Table(title="queue totals")
     for table, columns in (
