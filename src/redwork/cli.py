@@ -321,7 +321,12 @@ def info(ctx: click.Context) -> None:
 
 @cli.group()
 def job() -> None:
-    """Look at one job."""
+    """Look at one job.
+
+    \b
+    Example:
+      redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
+    """
 
 
 @job.command("show")
