@@ -24,6 +24,8 @@ from redwork.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases and waits keep fault tests fast; every wait in them is an event.
+DAY_MS = 86_400_000
+"""Idempotency window for scripts called directly."""
 TEST_SETTINGS = {"lease": 1.0, "block_timeout": 0.5, "grace": 2.0, "concurrency": 10}
 
 

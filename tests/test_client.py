@@ -23,7 +23,7 @@ from redwork import (
     Worker,
 )
 from redwork.errors import ConfigurationError, InvalidName, ServerPolicyError
-from redwork.queue import QUEUES_KEY, Queue, run
+from redwork.queue import QUEUES_KEY, Completion, Queue, run
 from tests import tasks
 from tests.conftest import stop_worker
 
@@ -153,7 +153,7 @@ def test_handle_status_and_info_follow_the_job(app: Redwork, r: redis.Redis) -> 
     (d,) = run(r, q.fetch(1, 60_000, "w1", 1 << 20)).deliveries
     assert handle.status() is JobState.ACTIVE
     assert handle.info().worker == "w1"
-    run(r, q.complete([(d.id, d.token, b"7")], 60))
+    run(r, q.complete([Completion(d.id, d.token, b"7")], 60))
     assert handle.status() is JobState.COMPLETED
     assert handle.result(timeout=1) == 7
     assert app.job(handle.id).info().result_value() == 7

@@ -7,9 +7,9 @@ import redis
 
 from redwork.errors import InvalidName
 from redwork.job import Envelope
-from redwork.queue import QUEUES_KEY, Delivery, Failure, Queue, run
+from redwork.queue import QUEUES_KEY, Completion, Delivery, Failure, NewJob, Queue, run
 from redwork.scripts import Code
-from tests.conftest import job_events
+from tests.conftest import DAY_MS, job_events
 
 WORKER = "test-worker"
 LEASE = 60_000
@@ -35,7 +35,9 @@ def events(r: redis.Redis, q: Queue, event: str, job_id: str | None = None) -> l
 
 
 def enqueue(r: redis.Redis, q: Queue, *ids: str) -> None:
-    assert run(r, q.enqueue([(i, doc(i, q.name)) for i in ids])) == [Code.OK] * len(ids)
+    assert run(r, q.enqueue([NewJob(i, doc(i, q.name)) for i in ids], DAY_MS)) == [Code.OK] * len(
+        ids
+    )
 
 
 def fetch(r: redis.Redis, q: Queue, count: int = 1, lease_ms: int = LEASE) -> list[Delivery]:
@@ -67,9 +69,12 @@ def q() -> Queue:
 
 
 def test_enqueue_same_id_twice_is_applied_once(r: redis.Redis, q: Queue) -> None:
-    assert run(r, q.enqueue([("a", doc("a"))])) == [Code.OK]
-    assert run(r, q.enqueue([("a", b'{"other": 1}')])) == [Code.DUPLICATE]
-    assert run(r, q.enqueue([("b", doc("b")), ("b", doc("b"))])) == [Code.OK, Code.DUPLICATE]
+    assert run(r, q.enqueue([NewJob("a", doc("a"))], DAY_MS)) == [Code.OK]
+    assert run(r, q.enqueue([NewJob("a", b'{"other": 1}')], DAY_MS)) == [Code.DUPLICATE]
+    assert run(r, q.enqueue([NewJob("b", doc("b")), NewJob("b", doc("b"))], DAY_MS)) == [
+        Code.OK,
+        Code.DUPLICATE,
+    ]
 
     assert wait_ids(r, q) == ["a", "b"]
     assert record(r, q, "a").data == doc("a")
@@ -104,8 +109,8 @@ def test_fetch_leases_at_most_count_jobs_in_fifo_order(r: redis.Redis, q: Queue)
 def test_complete_with_current_token_then_repeat_is_already_done(r: redis.Redis, q: Queue) -> None:
     enqueue(r, q, "a")
     d = fetch_one(r, q)
-    assert run(r, q.complete([("a", d.token, b'"ok"')], 60)) == [Code.OK]
-    assert run(r, q.complete([("a", d.token, b'"again"')], 60)) == [Code.ALREADY_DONE]
+    assert run(r, q.complete([Completion("a", d.token, b'"ok"')], 60)) == [Code.OK]
+    assert run(r, q.complete([Completion("a", d.token, b'"again"')], 60)) == [Code.ALREADY_DONE]
 
     rec = record(r, q, "a")
     assert (rec.state, rec.result_value()) == ("completed", "ok")
@@ -130,7 +135,7 @@ def test_stale_token_writes_nothing_while_new_owner_runs(r: redis.Redis, q: Queu
     before = r.hgetall(q.job_key("a"))
     score = r.zscore(q.active, "a")
 
-    assert run(r, q.complete([("a", old.token, b'"stale"')], 60)) == [Code.LEASE_LOST]
+    assert run(r, q.complete([Completion("a", old.token, b'"stale"')], 60)) == [Code.LEASE_LOST]
     stale_fail = Failure("a", old.token, "exception", "stale", retry_in_ms=-1)
     assert run(r, q.fail([stale_fail])) == [Code.LEASE_LOST]
     assert run(r, q.heartbeat([("a", old.token)], 10 * LEASE)) == ["a"]
@@ -139,7 +144,7 @@ def test_stale_token_writes_nothing_while_new_owner_runs(r: redis.Redis, q: Queu
     assert r.hgetall(q.job_key("a")) == before
     assert r.zscore(q.active, "a") == score
     # the new owner is untouched and can still finish
-    assert run(r, q.complete([("a", new.token, b'"new"')], 60)) == [Code.OK]
+    assert run(r, q.complete([Completion("a", new.token, b'"new"')], 60)) == [Code.OK]
     assert r.zcard(q.failed) == 0
     assert wait_ids(r, q) == []
     assert run(r, q.counts()).stats["fenced"] == 2
@@ -147,9 +152,9 @@ def test_stale_token_writes_nothing_while_new_owner_runs(r: redis.Redis, q: Queu
 
 def test_stale_token_after_new_owner_completed_keeps_its_result(r: redis.Redis, q: Queue) -> None:
     old, new = _stolen(r, q)
-    assert run(r, q.complete([("a", new.token, b'"new"')], 60)) == [Code.OK]
+    assert run(r, q.complete([Completion("a", new.token, b'"new"')], 60)) == [Code.OK]
 
-    assert run(r, q.complete([("a", old.token, b'"old"')], 60)) == [Code.LEASE_LOST]
+    assert run(r, q.complete([Completion("a", old.token, b'"old"')], 60)) == [Code.LEASE_LOST]
     stale_fail = Failure("a", old.token, "exception", "stale", retry_in_ms=-1)
     assert run(r, q.fail([stale_fail])) == [Code.LEASE_LOST]
     assert run(r, q.heartbeat([("a", old.token)], LEASE)) == ["a"]
@@ -316,7 +321,7 @@ def test_raw_wait_list_entry_goes_to_failed_store_as_raw_n(
 
 def test_document_over_max_bytes_fails_without_delivery(r: redis.Redis, q: Queue) -> None:
     big = doc("big", meta={"pad": "x" * 500})
-    run(r, q.enqueue([("big", big), ("small", doc("small"))]))
+    run(r, q.enqueue([NewJob("big", big), NewJob("small", doc("small"))], DAY_MS))
 
     fetched = run(r, q.fetch(10, LEASE, WORKER, 400))
     assert [d.id for d in fetched.deliveries] == ["small"]
@@ -377,7 +382,7 @@ def test_a_raw_entry_never_overwrites_a_job_named_like_one(r: redis.Redis, q: Qu
     [delivery] = fetch(r, q, 2)
     assert delivery.id == "raw-1"
     assert record(r, q, "raw-1").state.value == "active"
-    assert run(r, q.complete([("raw-1", delivery.token, b"7")], 60)) == [Code.OK]
+    assert run(r, q.complete([Completion("raw-1", delivery.token, b"7")], 60)) == [Code.OK]
     assert run(r, q.failed_ids()) == ["@raw-1"]
 
 
@@ -387,7 +392,12 @@ def test_a_raw_entry_never_overwrites_a_job_named_like_one(r: redis.Redis, q: Qu
 def test_counts_add_up(r: redis.Redis, q: Queue) -> None:
     enqueue(r, q, *(f"j{i}" for i in range(10)))
     d = fetch(r, q, 6)
-    run(r, q.complete([(d[0].id, d[0].token, b"1"), (d[1].id, d[1].token, b"2")], 60))
+    run(
+        r,
+        q.complete(
+            [Completion(d[0].id, d[0].token, b"1"), Completion(d[1].id, d[1].token, b"2")], 60
+        ),
+    )
     run(
         r,
         q.fail(
@@ -404,7 +414,7 @@ def test_counts_add_up(r: redis.Redis, q: Queue) -> None:
 
 
 def test_stats_failed_counts_jobs_buried_by_fetch(r: redis.Redis, q: Queue) -> None:
-    run(r, q.enqueue([("big", doc("big", meta={"pad": "x" * 500}))]))
+    run(r, q.enqueue([NewJob("big", doc("big", meta={"pad": "x" * 500}))], DAY_MS))
     r.lpush(q.wait, b"garbage")
     run(r, q.fetch(10, LEASE, WORKER, 400))
     c = run(r, q.counts())
@@ -422,7 +432,7 @@ def test_every_key_of_a_queue_carries_its_hash_tag(r: redis.Redis) -> None:
         r.lpush(queue.wait, b"raw bytes")
         d = fetch(r, queue, 10, lease_ms=0)
         fail = Failure(d[1].id, d[1].token, "exception", "x", -1)
-        run(r, queue.complete([(d[0].id, d[0].token, b"1")], 60))
+        run(r, queue.complete([Completion(d[0].id, d[0].token, b"1")], 60))
         run(r, queue.fail([fail, Failure(d[2].id, d[2].token, "exception", "x", LEASE)]))
         run(r, queue.handback([(d[3].id, d[3].token)]))
         run(r, queue.recover(1))

@@ -8,16 +8,17 @@ import redis
 import redis.asyncio
 
 from redwork.job import Envelope
-from redwork.queue import Queue, run
+from redwork.queue import Completion, NewJob, Queue, run
 from redwork.reporter import Reporter
 from redwork.server import ServerProcess
+from tests.conftest import DAY_MS
 
 Q = Queue("default")
 
 
 def leased(r: redis.Redis, *ids: str) -> list:  # type: ignore[type-arg]
-    docs = [(i, Envelope(id=i, task="t", queue=Q.name).encode(1 << 20)) for i in ids]
-    run(r, Q.enqueue(docs))
+    docs = [NewJob(i, Envelope(id=i, task="t", queue=Q.name).encode(1 << 20)) for i in ids]
+    run(r, Q.enqueue(docs, DAY_MS))
     return run(r, Q.fetch(len(ids), 60_000, "w", 1 << 20)).deliveries
 
 
@@ -30,10 +31,10 @@ async def test_outcomes_that_arrive_during_the_last_flush_are_sent_before_closin
     running = asyncio.create_task(reporter.run(client, asyncio.Event()))
     server.pause()  # the flush of `first` stays in flight until the server resumes
     try:
-        reporter.completed(first, b"1")
+        reporter.completed(Q.name, Completion(first.id, first.token, b"1"))
         while reporter._pending.is_set():  # until the reporter has taken it to send
             await asyncio.sleep(0)
-        reporter.completed(second, b"2")
+        reporter.completed(Q.name, Completion(second.id, second.token, b"2"))
         reporter.close()
     finally:
         server.resume()

@@ -13,10 +13,10 @@ import redis
 
 from redwork import JobFailed, JobState, Redwork, Worker
 from redwork.job import Envelope
-from redwork.queue import Queue, run
+from redwork.queue import NewJob, Queue, run
 from redwork.scripts import Code
 from tests import tasks
-from tests.conftest import count_events, stop_worker, wait_for_event
+from tests.conftest import DAY_MS, count_events, stop_worker, wait_for_event
 
 Q = Queue("default")
 
@@ -188,7 +188,7 @@ async def test_bad_arguments_fail_on_the_first_attempt_despite_retries(
 async def test_malformed_job_document_fails_with_decode_error(
     app: Redwork, worker: Worker, r: redis.Redis, data: bytes
 ) -> None:
-    assert run(r, Q.enqueue([("bad", data)])) == [Code.OK]
+    assert run(r, Q.enqueue([NewJob("bad", data)], DAY_MS)) == [Code.OK]
     await event(r, "failed", "bad")
     info = await app.job("bad").ainfo()
     assert (info.state, info.reason, info.attempt) == (JobState.FAILED, "decode_error", 1)

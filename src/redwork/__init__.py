@@ -1,17 +1,21 @@
 """redwork: a reliable, fast job queue and worker system for Python on Redis and Valkey."""
 
 from redwork.app import JobHandle, Redwork, Task
+from redwork.context import JobContext, current_job
 from redwork.errors import (
     JobFailed,
     JobNotFound,
+    LeaseLost,
     PayloadTooLarge,
     RedworkError,
     ResultTimeout,
     SerializationError,
+    StateConflict,
 )
 from redwork.job import JobState
 from redwork.settings import Settings
-from redwork.worker import JobContext, Worker, current_job
+from redwork.state import StagedState, StateItem, StateStore
+from redwork.worker import Worker
 
 __version__ = "0.1.0"
 
@@ -21,12 +25,17 @@ __all__ = [
     "JobHandle",
     "JobNotFound",
     "JobState",
+    "LeaseLost",
     "PayloadTooLarge",
     "Redwork",
     "RedworkError",
     "ResultTimeout",
     "SerializationError",
     "Settings",
+    "StagedState",
+    "StateConflict",
+    "StateItem",
+    "StateStore",
     "Task",
     "Worker",
     "current_job",

@@ -10,8 +10,18 @@ from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 from redwork.client import Client
 from redwork.errors import UnknownTask
-from redwork.job import Envelope, JobRecord, JobState, RetryPolicy, check_name, new_job_id, now_ms
+from redwork.job import (
+    Envelope,
+    JobRecord,
+    JobState,
+    RetryPolicy,
+    check_key,
+    check_name,
+    new_job_id,
+    now_ms,
+)
 from redwork.settings import Settings
+from redwork.state import StateStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -52,6 +62,7 @@ class TaskOptions:
     timeout: float | None = None
     job_id: str | None = None
     key: str | None = None
+    idempotency_key: str | None = None
     meta: dict[str, Any] | None = None
 
 
@@ -71,8 +82,12 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def options(self, **changes: Any) -> Task[P, R]:
-        """This task with other enqueue options (queue, timeout, job_id, key, meta,
-        retries, backoff): `send_email.options(queue="mail").enqueue(...)`."""
+        """This task with other enqueue options: `send_email.options(queue="mail").enqueue(...)`.
+
+        queue, timeout, retries, backoff, meta; job_id (an id of your own: enqueueing it
+        twice adds one job); key (jobs of one key run one at a time, in enqueue order);
+        idempotency_key (a second enqueue with the same key within `idempotency_ttl`
+        adds nothing and gives back the first job)."""
         retry = self.defaults.retry
         if "retries" in changes:
             retry = replace(retry, max_attempts=int(changes.pop("retries")) + 1)
@@ -93,7 +108,12 @@ class Task(Generic[P, R]):
             retry=o.retry,
             timeout=o.timeout,
             enqueued_at=now_ms(),
-            key=o.key,
+            key=None if o.key is None else check_key("key", o.key),
+            idempotency_key=(
+                None
+                if o.idempotency_key is None
+                else check_key("idempotency key", o.idempotency_key)
+            ),
             meta=o.meta or {},
         )
 
@@ -183,15 +203,22 @@ class Redwork:
             ) from None
 
     def enqueue_many(self, envelopes: Iterable[Envelope]) -> list[JobHandle]:
-        """Enqueue many jobs in as few round trips as possible (one per 1,000 per queue)."""
+        """Enqueue many jobs in as few round trips as possible (one per 1,000 per queue).
+        A job whose idempotency key was used already gets the handle of the first job."""
         batch = list(envelopes)
-        self.client.enqueue(batch)
-        return [JobHandle(self.client, e.queue, e.id) for e in batch]
+        ids = self.client.enqueue(batch)
+        return [JobHandle(self.client, e.queue, i) for e, i in zip(batch, ids, strict=True)]
 
     async def aenqueue_many(self, envelopes: Iterable[Envelope]) -> list[JobHandle]:
         batch = list(envelopes)
-        await self.client.aenqueue(batch)
-        return [JobHandle(self.client, e.queue, e.id) for e in batch]
+        ids = await self.client.aenqueue(batch)
+        return [JobHandle(self.client, e.queue, i) for e, i in zip(batch, ids, strict=True)]
 
     def job(self, job_id: str, queue: str = "default") -> JobHandle:
         return JobHandle(self.client, queue, job_id)
+
+    def state(self, name: str, *, key_prefix: str | None = None) -> StateStore:
+        """A versioned state store (see redwork.state). Its entries are the Redis hashes
+        `<key_prefix>||<key>`; the prefix defaults to the app's name, as Dapr's does, so
+        the stores of one app share their keys unless given a prefix of their own."""
+        return StateStore(self.client, name, self.name if key_prefix is None else key_prefix)

@@ -18,7 +18,7 @@ from redis.asyncio import Redis as AsyncRedis
 from redwork import connection
 from redwork.errors import JobFailed, JobNotFound, ResultTimeout
 from redwork.job import Envelope, JobRecord, JobState
-from redwork.queue import QUEUES_KEY, Op, Queue, arun, arun_many, run, run_many
+from redwork.queue import QUEUES_KEY, NewJob, Op, Queue, arun, arun_many, run, run_many
 from redwork.scripts import Code
 from redwork.settings import Settings
 
@@ -29,15 +29,13 @@ log = logging.getLogger("redwork.client")
 ENQUEUE_CHUNK = 1000
 
 
-def _chunks(
-    envelopes: Sequence[tuple[Queue, str, bytes]],
-) -> Iterable[tuple[Queue, list[tuple[str, bytes]]]]:
-    by_queue: dict[str, tuple[Queue, list[tuple[str, bytes]]]] = {}
-    for queue, job_id, data in envelopes:
-        by_queue.setdefault(queue.name, (queue, []))[1].append((job_id, data))
-    for queue, jobs in by_queue.values():
-        for start in range(0, len(jobs), ENQUEUE_CHUNK):
-            yield queue, jobs[start : start + ENQUEUE_CHUNK]
+def _chunks(jobs: Sequence[tuple[Queue, NewJob]]) -> Iterable[tuple[Queue, list[NewJob]]]:
+    by_queue: dict[str, tuple[Queue, list[NewJob]]] = {}
+    for queue, job in jobs:
+        by_queue.setdefault(queue.name, (queue, []))[1].append(job)
+    for queue, queued in by_queue.values():
+        for start in range(0, len(queued), ENQUEUE_CHUNK):
+            yield queue, queued[start : start + ENQUEUE_CHUNK]
 
 
 class Client:
@@ -80,7 +78,8 @@ class Client:
 
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         """Store jobs; returns their ids. A job whose id exists already is not added
-        again (the id is returned all the same)."""
+        again (the id is returned all the same); nor is one whose idempotency key was
+        used within the retention window: the id of the job that used it is returned."""
         plan = self._plan_enqueue(envelopes)
         if plan.new_queues:
             self.redis().sadd(QUEUES_KEY, *plan.new_queues)
@@ -187,30 +186,43 @@ class Client:
     def _plan_enqueue(self, envelopes: Sequence[Envelope]) -> _EnqueuePlan:
         """Encode every job first: a batch with one bad job stores nothing."""
         limit = self.settings.max_payload
-        encoded = [(self.queue(e.queue), e.id, e.encode(limit)) for e in envelopes]
-        chunks = list(_chunks(encoded))
+        jobs = [
+            (self.queue(e.queue), NewJob(e.id, e.encode(limit), e.key, e.idempotency_key))
+            for e in envelopes
+        ]
+        chunks = list(_chunks(jobs))
+        idempotency_ms = max(1, int(self.settings.idempotency_ttl * 1000))
         return _EnqueuePlan(
             ids=[e.id for e in envelopes],
             new_queues={e.queue for e in envelopes} - self._known_queues,
             chunks=chunks,
-            ops=[queue.enqueue(jobs) for queue, jobs in chunks],
+            ops=[queue.enqueue(queued, idempotency_ms) for queue, queued in chunks],
         )
 
-    def _enqueued(self, plan: _EnqueuePlan, replies: list[list[Code]]) -> list[str]:
+    def _enqueued(self, plan: _EnqueuePlan, replies: list[list[Code | str]]) -> list[str]:
         self._known_queues.update(plan.new_queues)
+        first_ids: dict[str, str] = {}
         for (_, jobs), codes in zip(plan.chunks, replies, strict=True):
-            for (job_id, _), code in zip(jobs, codes, strict=True):
+            for job, code in zip(jobs, codes, strict=True):
                 if code is Code.DUPLICATE:
-                    log.info("job %s exists already; not enqueued again", job_id)
-        return plan.ids
+                    log.info("job %s exists already; not enqueued again", job.id)
+                elif isinstance(code, str):
+                    log.info(
+                        "idempotency key %r was used by job %s; %s not enqueued",
+                        job.idempotency_key,
+                        code,
+                        job.id,
+                    )
+                    first_ids[job.id] = code
+        return [first_ids.get(job_id, job_id) for job_id in plan.ids]
 
 
 @dataclass(frozen=True, slots=True)
 class _EnqueuePlan:
     ids: list[str]
     new_queues: set[str]
-    chunks: list[tuple[Queue, list[tuple[str, bytes]]]]
-    ops: list[Op[list[Code]]]
+    chunks: list[tuple[Queue, list[NewJob]]]
+    ops: list[Op[list[Code | str]]]
 
 
 class _Deadline:

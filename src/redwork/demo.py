@@ -22,11 +22,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from redwork.app import Redwork
+from redwork.context import current_job
 from redwork.job import JobRecord, JobState
 from redwork.registry import WORKERS_CHANNEL
 from redwork.settings import Settings, to_env
 from redwork.supervisor import worker_command
-from redwork.worker import current_job
 
 QUEUE = "demo"
 app = Redwork("demo", queues=(QUEUE,))

@@ -50,3 +50,17 @@ class JobFailed(RedworkError):
 
 class ResultTimeout(RedworkError, TimeoutError):
     """Waiting for a job's result took longer than the caller allowed."""
+
+
+class StateConflict(RedworkError):
+    """A state write named an etag (version) that is no longer the entry's version."""
+
+    def __init__(self, key: str, expected: int | None, actual: int | None) -> None:
+        found = "absent" if actual is None else f"at version {actual}"
+        super().__init__(f"state {key!r} is {found}; the write expected version {expected}")
+        self.key, self.expected, self.actual = key, expected, actual
+
+
+class LeaseLost(RedworkError):
+    """A running job wrote state after its lease was lost: another delivery owns the job
+    now, so the write was refused (fencing)."""

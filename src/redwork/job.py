@@ -43,10 +43,12 @@ class FailureReason(StrEnum):
     TIMEOUT = "timeout"
     WORKER_LOST = "worker_lost"
     PAYLOAD_TOO_LARGE = "payload_too_large"
+    CONFLICT = "conflict"
+    """A state write staged by the job named an etag that no longer matched at commit."""
 
     @property
     def is_retryable(self) -> bool:
-        return self in (FailureReason.EXCEPTION, FailureReason.TIMEOUT)
+        return self in (FailureReason.EXCEPTION, FailureReason.TIMEOUT, FailureReason.CONFLICT)
 
 
 def check_name(kind: str, name: str) -> str:
@@ -55,6 +57,19 @@ def check_name(kind: str, name: str) -> str:
             f"{kind} {name!r} is invalid: use 1 to 128 characters from A-Z a-z 0-9 _ . : -"
         )
     return name
+
+
+# Keys (per-key ordering, idempotency) are free text, but bounded: they become part of
+# Redis key names.
+MAX_KEY_LENGTH = 512
+
+
+def check_key(kind: str, key: str) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LENGTH:
+        raise InvalidName(
+            f"{kind} {key!r} is invalid: use a string of 1 to {MAX_KEY_LENGTH} characters"
+        )
+    return key
 
 
 def new_job_id() -> str:
@@ -107,6 +122,7 @@ class Envelope:
     timeout: float | None = None
     enqueued_at: int = 0
     key: str | None = None
+    """Per-key ordering: jobs of one key never run at once, and start in enqueue order."""
     workflow: dict[str, Any] | None = None
     idempotency_key: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -230,6 +246,7 @@ class JobRecord:
     result: bytes | None
     reason: str | None
     error: str | None
+    key: str | None = None
 
     @classmethod
     def from_hash(cls, queue: str, job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
@@ -256,6 +273,7 @@ class JobRecord:
             result=fields.get(b"result"),
             reason=text("reason"),
             error=text("error"),
+            key=text("key"),
         )
 
     @property
@@ -274,6 +292,7 @@ class JobRecord:
             "id": self.id,
             "queue": self.queue,
             "state": self.state.value,
+            "key": self.key,
             "task": envelope.task if envelope else None,
             "args": envelope.args if envelope else None,
             "kwargs": envelope.kwargs if envelope else None,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import orjson
 import redis
 import redis.asyncio
 
@@ -144,6 +145,52 @@ class Fetched:
 
 
 @dataclass(frozen=True, slots=True)
+class NewJob:
+    id: str
+    data: bytes
+    key: str | None = None
+    """Per-key ordering: jobs of one key run one at a time, in enqueue order."""
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """A write to a versioned state entry (`key` is its Redis key)."""
+
+    key: str
+    value: bytes | None
+    """The JSON document to save; None deletes the entry."""
+    etag: int | None = None
+    """The version the entry must be at for the write to apply; None: any."""
+
+    def as_args(self) -> tuple[str, bytes, str]:
+        """(op, value, etag) as the scripts take them (see state_write.lua)."""
+        op = "save" if self.value is not None else "delete"
+        return op, self.value or b"", "" if self.etag is None else str(self.etag)
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    id: str
+    token: int
+    result: bytes
+    writes: Sequence[StateWrite] = ()
+    """State writes staged by the job, applied atomically with its completion."""
+    retry_in_ms: int = -1
+    """Delay before the next attempt if a write's etag does not match (-1: fail)."""
+
+    def effects(self) -> bytes:
+        """The effects argument of complete.lua: b"" when the job wrote nothing."""
+        if not self.writes:
+            return b""
+        writes = []
+        for write in self.writes:
+            op, value, etag = write.as_args()
+            writes.append((op, write.key, value.decode(), etag))
+        return orjson.dumps({"writes": writes, "retry_in": self.retry_in_ms})
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     id: str
     token: int
@@ -160,6 +207,8 @@ class Counts:
     delayed: int
     failed: int
     stats: dict[str, int]
+    held: int = 0
+    """Keyed jobs waiting behind an earlier job of their key."""
 
 
 _CODES = tuple(Code)  # indexing a tuple is much cheaper than calling the enum
@@ -167,6 +216,11 @@ _CODES = tuple(Code)  # indexing a tuple is much cheaper than calling the enum
 
 def _codes(reply: list[int]) -> list[Code]:
     return [_CODES[c] for c in reply]
+
+
+def _enqueue_replies(reply: list[int | bytes]) -> list[Code | str]:
+    """A code per job, or the id of the job an idempotency key named first."""
+    return [_CODES[r] if isinstance(r, int) else r.decode() for r in reply]
 
 
 def _text(value: bytes | str) -> str:
@@ -183,7 +237,7 @@ class Queue:
         p = self.prefix
         self.wait, self.active, self.delayed = p + "wait", p + "active", p + "delayed"
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
-        self.stats, self.seq = p + "stats", p + "seq"
+        self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -191,11 +245,12 @@ class Queue:
     def job_channel(self, job_id: str) -> str:
         return self.job_key(job_id)
 
-    def enqueue(self, jobs: Iterable[tuple[str, bytes]]) -> Op[list[Code]]:
-        args: list[str | bytes] = [self.prefix, self.name]
-        for job_id, data in jobs:
-            args += (job_id, data)
-        return Op(_codes, load("enqueue"), (self.wait, self.marker, self.events, self.stats), args)
+    def enqueue(self, jobs: Iterable[NewJob], idempotency_ms: int) -> Op[list[Code | str]]:
+        args: list[str | bytes | int] = [self.prefix, self.name, idempotency_ms]
+        for job in jobs:
+            args += (job.id, job.data, job.key or "", job.idempotency_key or "")
+        keys = (self.wait, self.marker, self.events, self.stats)
+        return Op(_enqueue_replies, load("enqueue"), keys, args)
 
     def fetch(self, count: int, lease_ms: int, worker_id: str, max_bytes: int) -> Op[Fetched]:
         def parse(reply: list[Any]) -> Fetched:
@@ -224,17 +279,37 @@ class Queue:
             (self.prefix, self.name, count, lease_ms, worker_id, max_bytes),
         )
 
-    def complete(self, results: Iterable[tuple[str, int, bytes]], ttl: int) -> Op[list[Code]]:
+    def complete(self, completions: Iterable[Completion], ttl: int) -> Op[list[Code]]:
         args: list[str | bytes | int] = [self.prefix, self.name, ttl]
-        for job_id, token, result in results:
-            args += (job_id, token, result)
-        return Op(_codes, load("complete"), (self.active, self.events, self.stats), args)
+        state_keys: dict[str, None] = {}
+        for c in completions:
+            args += (c.id, c.token, c.result, c.effects())
+            state_keys.update(dict.fromkeys(w.key for w in c.writes))
+        keys = (
+            self.active,
+            self.events,
+            self.stats,
+            self.wait,
+            self.marker,
+            self.delayed,
+            self.failed,
+            *state_keys,
+        )
+        return Op(_codes, load("complete"), keys, args)
 
     def fail(self, failures: Iterable[Failure]) -> Op[list[Code]]:
         args: list[str | int] = [self.prefix, self.name]
         for f in failures:
             args += (f.id, f.token, f.reason, f.error, f.retry_in_ms)
-        keys = (self.active, self.delayed, self.failed, self.events, self.stats, self.marker)
+        keys = (
+            self.active,
+            self.delayed,
+            self.failed,
+            self.events,
+            self.stats,
+            self.marker,
+            self.wait,
+        )
         return Op(_codes, load("fail"), keys, args)
 
     def heartbeat(self, leases: Iterable[tuple[str, int]], lease_ms: int) -> Op[list[str]]:
@@ -279,7 +354,7 @@ class Queue:
 
     def counts(self) -> Op[Counts]:
         def parse(reply: list[Any]) -> Counts:
-            waiting, active, delayed, failed, stats = reply
+            waiting, active, delayed, failed, stats, held = reply
             raw = _as_dict(stats)
             return Counts(
                 int(waiting),
@@ -287,14 +362,11 @@ class Queue:
                 int(delayed),
                 int(failed),
                 {_text(k): int(v) for k, v in raw.items()},
+                int(held),
             )
 
-        return Op(
-            parse,
-            load("counts"),
-            (self.wait, self.active, self.delayed, self.failed, self.stats),
-            (),
-        )
+        keys = (self.wait, self.active, self.delayed, self.failed, self.stats, self.held)
+        return Op(parse, load("counts"), keys, ())
 
     def completed_per_minute(self, minutes: Sequence[int]) -> Op[list[int]]:
         keys = [f"{self.prefix}done:{m}" for m in minutes]

@@ -11,7 +11,7 @@ from collections import defaultdict
 import redis.asyncio
 
 from redwork.connection import TRANSIENT, Backoff
-from redwork.queue import Delivery, Failure, Queue, arun
+from redwork.queue import Completion, Failure, Queue, arun
 from redwork.scripts import Code
 
 log = logging.getLogger("redwork.worker")
@@ -24,13 +24,14 @@ class Reporter:
         self.give_up_after = give_up_after
         """Seconds a closing reporter keeps trying while the server is away."""
         self.fenced = 0
-        self._completed: dict[str, list[tuple[str, int, bytes]]] = defaultdict(list)
+        self.conflicts = 0
+        self._completed: dict[str, list[Completion]] = defaultdict(list)
         self._failed: dict[str, list[Failure]] = defaultdict(list)
         self._pending = asyncio.Event()
         self._closing = False
 
-    def completed(self, delivery: Delivery, result: bytes) -> None:
-        self._completed[delivery.queue].append((delivery.id, delivery.token, result))
+    def completed(self, queue: str, completion: Completion) -> None:
+        self._completed[queue].append(completion)
         self._pending.set()
 
     def failed(self, queue: str, failure: Failure) -> None:
@@ -40,7 +41,7 @@ class Reporter:
     def unsent(self, queue: str) -> list[tuple[str, int]]:
         """(id, token) of the outcomes of `queue` the server does not have yet: their
         leases must be kept alive until it does."""
-        leases = [(job_id, token) for job_id, token, _ in self._completed.get(queue, ())]
+        leases = [(c.id, c.token) for c in self._completed.get(queue, ())]
         return leases + [(f.id, f.token) for f in self._failed.get(queue, ())]
 
     def _backlog(self) -> int:
@@ -88,7 +89,7 @@ class Reporter:
                 batch = completed[:]
                 codes = await arun(client, queue.complete(batch, self.result_ttl))
                 del completed[: len(batch)]
-                self._note_fenced(queue, [job_id for job_id, _, _ in batch], codes)
+                self._note_fenced(queue, [c.id for c in batch], codes)
             failed = self._failed.get(queue.name)
             if failed:
                 failures = failed[:]
@@ -102,6 +103,14 @@ class Reporter:
                 self.fenced += 1
                 log.warning(
                     "job %s of %s: result refused, the lease was lost to another worker (fenced)",
+                    job_id,
+                    queue.name,
+                )
+            elif code is Code.CONFLICT:
+                self.conflicts += 1
+                log.warning(
+                    "job %s of %s: its staged state writes conflicted at commit (an etag no "
+                    "longer matched); nothing was written and the run counts as failed",
                     job_id,
                     queue.name,
                 )

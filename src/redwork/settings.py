@@ -41,6 +41,9 @@ class Settings:
     grace: float = 30.0
     """Seconds a stopping worker lets running jobs finish before handing them back."""
     result_ttl: int = 86_400
+    idempotency_ttl: float = 86_400.0
+    """Seconds an idempotency key is remembered: a second enqueue with the same key
+    within this window adds nothing and returns the first job's id."""
     max_payload: int = 512 * 1024
     block_timeout: float = 2.0
     """Longest a worker waits on the server for work before it checks in again."""
@@ -79,10 +82,12 @@ class Settings:
             raise ConfigurationError(f"fsync must be everysec or always, not {self.fsync!r}")
         if self.concurrency < 1 or self.processes < 1 or self.prefetch < 0:
             raise ConfigurationError("concurrency and processes must be at least 1, prefetch 0+")
-        positive = (self.lease, self.block_timeout, self.socket_timeout)
+        positive = (self.lease, self.block_timeout, self.socket_timeout, self.idempotency_ttl)
         # Written as "not >" so that NaN, which compares false to everything, is refused.
         if not all(value > 0 and math.isfinite(value) for value in positive):
-            raise ConfigurationError("lease, block_timeout and socket_timeout must be positive")
+            raise ConfigurationError(
+                "lease, block_timeout, socket_timeout and idempotency_ttl must be positive"
+            )
         if not (self.grace >= 0 and self.reconnect_for >= 0):
             raise ConfigurationError("grace and reconnect_for must be 0 or more")
         if self.max_losses < 1:

@@ -26,34 +26,16 @@ import redis.asyncio
 from redwork import connection
 from redwork.app import Redwork, Task
 from redwork.connection import TRANSIENT, Backoff
+from redwork.context import JobContext, enter_job, leave_job
 from redwork.errors import UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
-from redwork.queue import Delivery, Failure, Op, Queue, arun
+from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun
 from redwork.registry import Registration
 from redwork.reporter import Reporter
 from redwork.settings import Settings
 
 log = logging.getLogger("redwork.worker")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class JobContext:
-    """What a running task may know about its job: `redwork.current_job()`."""
-
-    id: str
-    queue: str
-    attempt: int
-    max_attempts: int
-    worker_id: str
-
-
-_current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("redwork_job")
-
-
-def current_job() -> JobContext:
-    """The job being run by this task; raises LookupError outside a task."""
-    return _current_job.get()
 
 
 @dataclass(slots=True)
@@ -71,6 +53,7 @@ class _Failed:
 class _Running:
     delivery: Delivery
     call: Call | None = None
+    context: JobContext | None = None
     task: asyncio.Task[None] | None = None
     thread: asyncio.Future[Any] | None = None
     """The thread of a plain function, which cannot be stopped and so keeps its slot."""
@@ -332,7 +315,9 @@ class Worker:
             return _Failed(FailureReason.UNKNOWN_TASK, str(exc))
         max_attempts = call.document.get("max_attempts", 1)
         max_attempts = max_attempts if isinstance(max_attempts, int) else 1
-        context = JobContext(delivery.id, delivery.queue, delivery.attempt, max_attempts, self.id)
+        context = running.context = JobContext(
+            delivery.id, delivery.queue, delivery.attempt, max_attempts, self.id, delivery.token
+        )
         try:
             value = await self._call_task(task, call, context, running)
         except _Timeout:
@@ -357,7 +342,7 @@ class Worker:
     async def _call_task(
         self, task: Task[Any, Any], call: Call, context: JobContext, running: _Running
     ) -> Any:
-        token = _current_job.set(context)
+        token = enter_job(context)
         try:
             if task.is_async:
                 try:
@@ -374,25 +359,42 @@ class Worker:
             except TypeError as exc:
                 raise _arguments_error(task, call, exc) from exc
         finally:
-            _current_job.reset(token)
+            leave_job(token)
 
     def _report(self, running: _Running, outcome: _Completed | _Failed) -> None:
         delivery = running.delivery
         if isinstance(outcome, _Completed):
-            self._reporter.completed(delivery, outcome.result)
+            staged = running.context.staged if running.context is not None else {}
+            completion = Completion(delivery.id, delivery.token, outcome.result)
+            if staged:
+                # Needed only if an etag no longer matches at commit: a conflict is a
+                # failed run, retried as the task's policy says.
+                retry_in = self._retry_in(running, FailureReason.CONFLICT)
+                completion = Completion(
+                    delivery.id, delivery.token, outcome.result, list(staged.values()), retry_in
+                )
+            self._reporter.completed(delivery.queue, completion)
             self.stats.done += 1
         else:
             self._reporter.failed(delivery.queue, self._failure(running, outcome))
 
+    def _retry_in(self, running: _Running, reason: FailureReason) -> int:
+        """Milliseconds before the next attempt after a run that failed for `reason`, or
+        -1 when there is none (the job goes to the failed store)."""
+        if not reason.is_retryable or running.call is None:
+            return -1
+        try:
+            policy = RetryPolicy.of(running.call.document)
+        except (TypeError, ValueError):
+            return -1  # a malformed policy means no retry
+        attempt = running.delivery.attempt
+        if attempt >= policy.max_attempts:
+            return -1
+        return int(1000 * policy.delay(attempt, random.random()))
+
     def _failure(self, running: _Running, outcome: _Failed) -> Failure:
-        delivery, retry_in = running.delivery, -1
-        if outcome.reason.is_retryable and running.call is not None:
-            try:
-                policy = RetryPolicy.of(running.call.document)
-            except (TypeError, ValueError):
-                policy = RetryPolicy()  # a malformed policy means no retry
-            if delivery.attempt < policy.max_attempts:
-                retry_in = int(1000 * policy.delay(delivery.attempt, random.random()))
+        delivery = running.delivery
+        retry_in = self._retry_in(running, outcome.reason)
         if retry_in < 0:
             self.stats.failed += 1
         log.warning(

@@ -23,6 +23,7 @@ class Code(IntEnum):
     LEASE_LOST = 1
     ALREADY_DONE = 2
     DUPLICATE = 3
+    CONFLICT = 4
 
 
 @dataclass(frozen=True, slots=True)

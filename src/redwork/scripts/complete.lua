@@ -1,40 +1,76 @@
---[[ complete: record results (active -> completed), for a batch of jobs.
+--[[ complete: record results (active -> completed), for a batch of jobs, with the
+state writes each job staged (its effects), applied in the same atomic step.
 KEYS[1] active    ZSET of leased job ids
 KEYS[2] events    STREAM and channel of job events
 KEYS[3] stats     HASH of counters
+KEYS[4] wait      LIST of waiting job ids (the next job of a released key joins it)
+KEYS[5] marker    ZSET wake-up marker
+KEYS[6] delayed   ZSET job id -> due time (ms)
+KEYS[7] failed    ZSET of failed job ids
+KEYS[8..]         the state entries the batch writes (declared for Cluster routing)
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] ttl       seconds a completed job and its result are kept
-ARGV[4..]         triples: job id, fencing token, result (JSON)
+ARGV[4..]         quadruples: job id, fencing token, result (JSON), effects: '' or
+                  JSON {"writes": [[op, key, value, etag], ...], "retry_in": ms}
 Returns one code per job: OK, LEASE_LOST (fenced: another delivery owns the job,
-nothing is written) or ALREADY_DONE (this delivery was already recorded).
+nothing is written), ALREADY_DONE (this delivery was already recorded) or CONFLICT (an
+etag did not match: nothing is written and the run counts as failed with reason
+`conflict`, retried after retry_in ms, or filed in the failed store when -1).
 ]]
 -- @include common
-local prefix, queue, ttl = ARGV[1], ARGV[2], ARGV[3]
+local q = { prefix = ARGV[1], wait = KEYS[4], marker = KEYS[5], delayed = KEYS[6],
+  failed = KEYS[7] }
+local queue, ttl = ARGV[2], ARGV[3]
 local now = now_ms()
-local codes, done = {}, {}
-local fenced = 0
-for i = 4, #ARGV, 3 do
+local codes, done, ended = {}, {}, {}
+local fenced, conflicts, retried, dead = 0, 0, 0, 0
+for i = 4, #ARGV, 4 do
   local id = ARGV[i]
-  local key = prefix .. 'job:' .. id
+  local key = q.prefix .. 'job:' .. id
   local code, attempt = check_lease(key, ARGV[i + 1])
+  local effects = code == OK and ARGV[i + 3] ~= '' and cjson.decode(ARGV[i + 3])
+  if effects then
+    local bad, version = check_state(effects.writes)
+    if bad then
+      code = CONFLICT
+      local message = 'state ' .. effects.writes[bad][2] .. ' is at version ' ..
+        (version or 'none') .. ', the job expected ' .. effects.writes[bad][4]
+      if end_failed_run(q, id, attempt, 'conflict', message, effects.retry_in, now) then
+        retried = retried + 1
+      else
+        dead = dead + 1
+      end
+      ended[#ended + 1] = id
+    else
+      apply_state(effects.writes)
+    end
+  end
   if code == OK then
     redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished_at', now)
     redis.call('EXPIRE', key, ttl)
+    release_key(q, key)
     done[#done + 1] = id
+    ended[#ended + 1] = id
     note('completed', id, attempt)
-    announce_end(prefix, id, 'completed')
+    announce_end(q.prefix, id, 'completed')
   elseif code == LEASE_LOST then
     fenced = fenced + 1
   end
   codes[#codes + 1] = code
 end
+if #ended > 0 then call_chunked('ZREM', KEYS[1], ended) end
 if #done > 0 then
-  call_chunked('ZREM', KEYS[1], done)
   redis.call('HINCRBY', KEYS[3], 'completed', #done)
-  local minute = prefix .. 'done:' .. math.floor(now / 60000)
+  local minute = q.prefix .. 'done:' .. math.floor(now / 60000)
   redis.call('INCRBY', minute, #done)
   redis.call('EXPIRE', minute, 3600)
 end
+if retried > 0 then
+  redis.call('ZADD', KEYS[5], 0, 'm')
+  redis.call('HINCRBY', KEYS[3], 'retried', retried)
+end
+if dead > 0 then redis.call('HINCRBY', KEYS[3], 'failed', dead) end
 if fenced > 0 then redis.call('HINCRBY', KEYS[3], 'fenced', fenced) end
+if retried + dead > 0 then redis.call('HINCRBY', KEYS[3], 'conflicts', retried + dead) end
 flush_events(KEYS[2], queue, now)
 return codes

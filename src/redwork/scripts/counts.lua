@@ -1,6 +1,6 @@
 --[[ counts: read a queue's sizes and counters in one consistent snapshot (no transition).
-KEYS[1] wait  KEYS[2] active  KEYS[3] delayed  KEYS[4] failed  KEYS[5] stats
-Returns { waiting, active, delayed, failed, { counter, value, ... } }.
+KEYS[1] wait  KEYS[2] active  KEYS[3] delayed  KEYS[4] failed  KEYS[5] stats  KEYS[6] held
+Returns { waiting, active, delayed, failed, { counter, value, ... }, held }.
 ]]
 return {
   redis.call('LLEN', KEYS[1]),
@@ -8,4 +8,5 @@ return {
   redis.call('ZCARD', KEYS[3]),
   redis.call('ZCARD', KEYS[4]),
   redis.call('HGETALL', KEYS[5]),
+  tonumber(redis.call('GET', KEYS[6]) or 0),
 }

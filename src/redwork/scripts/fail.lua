@@ -7,30 +7,27 @@ KEYS[3] failed    ZSET job id -> time it failed (ms)
 KEYS[4] events    STREAM and channel of job events
 KEYS[5] stats     HASH of counters
 KEYS[6] marker    ZSET wake-up marker
+KEYS[7] wait      LIST of waiting job ids (the next job of a released key joins it)
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3..]         quintuples: job id, fencing token, reason, error text,
                   retry delay in ms (-1 = no retry: the job has failed for good)
 Returns one code per job: OK, LEASE_LOST or ALREADY_DONE (as complete).
 ]]
 -- @include common
-local prefix, queue = ARGV[1], ARGV[2]
+local q = { prefix = ARGV[1], delayed = KEYS[2], failed = KEYS[3], marker = KEYS[6],
+  wait = KEYS[7] }
+local queue = ARGV[2]
 local now = now_ms()
 local codes, ended = {}, {}
 local dead, retried, fenced = 0, 0, 0
 for i = 3, #ARGV, 5 do
   local id = ARGV[i]
-  local key = prefix .. 'job:' .. id
-  local code, attempt = check_lease(key, ARGV[i + 1])
+  local code, attempt = check_lease(q.prefix .. 'job:' .. id, ARGV[i + 1])
   if code == OK then
-    local retry_in = tonumber(ARGV[i + 4])
     ended[#ended + 1] = id
-    if retry_in >= 0 then
-      redis.call('HSET', key, 'state', 'delayed', 'reason', ARGV[i + 2], 'error', ARGV[i + 3])
-      redis.call('ZADD', KEYS[2], now + retry_in, id)
-      note('retry_scheduled', id, attempt)
+    if end_failed_run(q, id, attempt, ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), now) then
       retried = retried + 1
     else
-      to_failed_store(KEYS[3], prefix, id, ARGV[i + 2], ARGV[i + 3], attempt, now)
       dead = dead + 1
     end
   elseif code == LEASE_LOST then

@@ -20,6 +20,7 @@ its worker before is delivered alone.
 ]]
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
+local q = { prefix = prefix, wait = KEYS[1], failed = KEYS[4], marker = KEYS[5] }
 local count = tonumber(ARGV[3])
 local worker = ARGV[5]
 local max_bytes = tonumber(ARGV[6])
@@ -38,7 +39,7 @@ if #due > 0 then
 end
 
 local function bury(id, reason, message, attempt)
-  to_failed_store(KEYS[4], prefix, id, reason, message, attempt, now)
+  to_failed_store(q, id, reason, message, attempt, now)
   redis.call('HINCRBY', KEYS[8], 'failed', 1)
 end
 

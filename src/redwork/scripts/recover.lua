@@ -1,6 +1,7 @@
 --[[ recover: take back jobs whose lease expired because their worker died, hung or
 was cut off (active -> waiting, or active -> failed with reason worker_lost once a
 job has been lost max_losses times). Any live worker runs this; there is no reaper.
+A recovered keyed job stays its key's head: it runs next, before the key's later jobs.
 KEYS[1] wait      LIST of waiting job ids
 KEYS[2] active    ZSET job id -> lease deadline (ms)
 KEYS[3] failed    ZSET of failed job ids
@@ -14,6 +15,7 @@ Returns { recovered count, failed count }.
 ]]
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
+local q = { prefix = prefix, wait = KEYS[1], failed = KEYS[3], marker = KEYS[4] }
 local max_losses = tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
@@ -25,7 +27,7 @@ for _, id in ipairs(expired) do
     local losses = tonumber(job[2] or 0) + 1
     if losses >= max_losses then
       redis.call('HSET', key, 'losses', losses)
-      to_failed_store(KEYS[3], prefix, id, 'worker_lost',
+      to_failed_store(q, id, 'worker_lost',
         'the worker running this job was lost ' .. losses .. ' times', job[1], now)
       buried = buried + 1
     else

@@ -5,6 +5,7 @@ local OK = 0
 local LEASE_LOST = 1
 local ALREADY_DONE = 2
 local DUPLICATE = 3
+local CONFLICT = 4
 
 -- The events stream keeps roughly this many entries (XADD MAXLEN ~).
 local EVENTS_MAXLEN = 10000
@@ -65,15 +66,91 @@ local function announce_end(prefix, job_id, state)
   redis.call('PUBLISH', prefix .. 'job:' .. job_id, state)
 end
 
+-- Per-key ordering: of the jobs sharing a key, only the oldest (the key's head)
+-- circulates (waiting, active or delayed); the others wait in order in the list
+-- `key:<key>`, and the hash `keys` names each key's head. When the head ends for good,
+-- the next job of its key joins the wait list. Lease expiry, retries and hand-backs keep
+-- the head where it is, so a key is never run by two deliveries under valid leases.
+local function release_key(q, job_key)
+  local key = redis.call('HGET', job_key, 'key')
+  if not key then return end
+  local next_id = redis.call('LPOP', q.prefix .. 'key:' .. key)
+  if next_id then
+    redis.call('HSET', q.prefix .. 'keys', key, next_id)
+    redis.call('DECR', q.prefix .. 'held')
+    redis.call('LPUSH', q.wait, next_id)
+    redis.call('ZADD', q.marker, 0, 'm')
+  else
+    redis.call('HDEL', q.prefix .. 'keys', key)
+  end
+end
+
+-- Put a job into circulation (the wait list), or behind the head of its key.
+-- `front` puts it first in its key's line (a job that was already ahead of the others).
+local function admit(q, id, key, front)
+  if key and redis.call('HSETNX', q.prefix .. 'keys', key, id) == 0 then
+    redis.call(front and 'LPUSH' or 'RPUSH', q.prefix .. 'key:' .. key, id)
+    redis.call('INCR', q.prefix .. 'held')
+    return false
+  end
+  return true
+end
+
 -- Move a job to the failed store, where it stays (no expiry) until retried or purged.
-local function to_failed_store(failed_key, prefix, id, reason, message, attempt, now)
-  local key = prefix .. 'job:' .. id
+-- It no longer holds its key: the next job of the key may run.
+local function to_failed_store(q, id, reason, message, attempt, now)
+  local key = q.prefix .. 'job:' .. id
   redis.call('HSET', key, 'state', 'failed', 'reason', reason, 'error', message,
     'finished_at', now)
   redis.call('PERSIST', key)
-  redis.call('ZADD', failed_key, now, id)
+  redis.call('ZADD', q.failed, now, id)
+  release_key(q, key)
   note('failed', id, attempt)
-  announce_end(prefix, id, 'failed')
+  announce_end(q.prefix, id, 'failed')
+end
+
+-- A run that failed: schedule the next attempt after `retry_in` ms, or (-1) file the
+-- job in the failed store. Returns true when a retry was scheduled.
+local function end_failed_run(q, id, attempt, reason, message, retry_in, now)
+  if retry_in >= 0 then
+    redis.call('HSET', q.prefix .. 'job:' .. id, 'state', 'delayed', 'reason', reason,
+      'error', message)
+    redis.call('ZADD', q.delayed, now + retry_in, id)
+    note('retry_scheduled', id, attempt)
+    return true
+  end
+  to_failed_store(q, id, reason, message, attempt, now)
+  return false
+end
+
+-- Versioned state (the layout of Dapr's Redis state store): a hash per entry with
+-- `data` (JSON text) and `version` (1 on the first save, +1 on each). A write is
+-- {op, key name, value, etag}: op 'save' or 'delete'; etag '' writes unconditionally,
+-- else it must equal the current version. Returns the index of the first write whose
+-- etag does not match and that entry's current version (false if absent), or nil.
+local function check_state(writes)
+  for i, w in ipairs(writes) do
+    if w[4] ~= '' then
+      local version = redis.call('HGET', w[2], 'version')
+      if version ~= w[4] then return i, version end
+    end
+  end
+  return nil
+end
+
+-- Apply checked writes; returns the new version of each (0 for a delete).
+local function apply_state(writes)
+  local versions = {}
+  for i, w in ipairs(writes) do
+    if w[1] == 'delete' then
+      redis.call('DEL', w[2])
+      versions[i] = 0
+    else
+      versions[i] = redis.call('HINCRBY', w[2], 'version', 1)
+      redis.call('HSET', w[2], 'data', w[3])
+    end
+  end
+  return versions
 end
 
 -- Fencing: only the delivery holding the current token may end or extend a job.
