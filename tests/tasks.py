@@ -168,3 +168,51 @@ async def block_loop(seconds: float) -> str:
     if job.attempt == 1:
         time.sleep(seconds)
     return job.worker_id
+
+
+@app.task(name="append_message")
+def append_message(message_id: str, message: str, step_seconds: float = 0.0) -> int:
+    """Seed 000's worker: append `message` to the stored message one character per step,
+    saving each step (fenced by this job's lease). Returns the last version."""
+    store = app.state("redis-state")
+    item = store.get(message_id)
+    assert item is not None, f"no message {message_id}"
+    value, etag = item.value, item.etag
+    for character in message:
+        value = {**value, "message": value["message"] + character}
+        etag = store.save(message_id, value, etag=etag)
+        time.sleep(step_seconds)
+    return etag
+
+
+@app.task(name="apply_event", retries=5, backoff=0.01)
+async def apply_event(key: str, event: str, seconds: float = 0.0) -> None:
+    """Append `event` to the list stored under `key`; the write is staged and commits
+    with the job's completion."""
+    state = app.state("events").staged()
+    item = await state.aget(key)
+    events = item.value["events"] if item else []
+    await asyncio.sleep(seconds)
+    state.save(key, {"events": [*events, event]}, etag=item.etag if item else None)
+
+
+@app.task(name="fenced_steps")
+def fenced_steps(key: str, steps: int, step_seconds: float) -> int:
+    """Save {step, worker} under `key` `steps` times, sleeping after each save; every
+    save is fenced by the job's lease."""
+    store, worker = app.state("steps"), current_job().worker_id
+    version = 0
+    for step in range(steps):
+        version = store.save(key, {"step": step, "worker": worker})
+        time.sleep(step_seconds)
+    return version
+
+
+@app.task(name="keyed_run")
+async def keyed_run(key: str, seq: int, seconds: float) -> None:
+    """RPUSH `start <seq>` then `end <seq>` to test:runs:<key>, `seconds` apart: runs of
+    one key that overlap, or start out of order, show in the list."""
+    client = await app.client.aredis()
+    await client.rpush(f"test:runs:{key}", f"start {seq}")
+    await asyncio.sleep(seconds)
+    await client.rpush(f"test:runs:{key}", f"end {seq}")

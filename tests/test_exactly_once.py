@@ -1,0 +1,126 @@
+"""Exactly-once effects with real worker processes: seed 000's conflict, a randomized run
+with duplicate publishes and SIGKILLed workers, and a stale worker that wakes up."""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import redis
+
+from redwork import Redwork
+from redwork.queue import Queue, run
+from tests import tasks
+from tests.conftest import WorkerProcess
+
+Q = Queue("default")
+
+
+def test_seed_000_the_same_event_sent_to_two_workers_at_once_applies_once(
+    app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    for _ in range(2):
+        spawn_worker()
+    store = app.state("redis-state")
+    with ThreadPoolExecutor(2) as publishers:
+        for round_ in range(20):
+            store.delete("m-1")
+            store.save("m-1", {"id": "m-1", "message": "hello!"})
+            event = tasks.append_message.options(idempotency_key=f"e-{round_}", key="m-1")
+            publish = partial(event.enqueue, "m-1", " gopher")
+            handles = [f.result() for f in [publishers.submit(publish) for _ in range(2)]]
+            assert handles[0].id == handles[1].id
+            assert handles[0].result(timeout=30) == 8
+            item = store.get("m-1")
+            assert item is not None
+            assert (item.value, item.etag) == ({"id": "m-1", "message": "hello! gopher"}, 8)
+    assert r.hgetall("tests||m-1") == {
+        b"data": b'{"id":"m-1","message":"hello! gopher"}',
+        b"version": b"8",
+    }
+    # Two different events for one message are not entangled either: per-key ordering
+    # runs them one after the other.
+    first, second = (
+        tasks.append_message.options(idempotency_key=f"e-{name}", key="m-1").enqueue(
+            "m-1", text, 0.001
+        )
+        for name, text in (("first", " gopher"), ("second", " rocks"))
+    )
+    first.result(timeout=30)
+    assert second.result(timeout=30) == 21
+    assert store.get("m-1").value["message"] == "hello! gopher gopher rocks"  # type: ignore[union-attr]
+
+
+def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
+    app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    """200 keys, 2,000 events, each published 1-3 times at once; 4 workers, random ones
+    SIGKILLed and restarted throughout. Each key's state must list its distinct events
+    once each, in publish order, and no key may be left held."""
+    rng = random.Random(7)
+    keys = [f"acct-{i}" for i in range(200)]
+    events = [(f"ev-{n}", rng.choice(keys)) for n in range(2000)]
+    # max_losses: a job killed with its worker again and again must still run, not fail.
+    workers = [spawn_worker(max_losses=1000) for _ in range(4)]
+    expected: dict[str, list[str]] = defaultdict(list)
+    handles = []
+    kills = 0
+    with ThreadPoolExecutor(3) as publishers:
+        for n, (event_id, key) in enumerate(events):
+            task = tasks.apply_event.options(key=key, idempotency_key=event_id)
+            copies = rng.randint(1, 3)
+            publish = partial(task.enqueue, key, event_id, rng.random() / 100)
+            published = [f.result() for f in [publishers.submit(publish) for _ in range(copies)]]
+            assert len({h.id for h in published}) == 1
+            handles.append(published[0])
+            expected[key].append(event_id)
+            if n % 200 == 199:  # ten times during the run
+                victim = rng.randrange(len(workers))
+                workers[victim].kill(signal.SIGKILL)
+                workers[victim].wait()
+                workers[victim] = spawn_worker(max_losses=1000)
+                kills += 1
+    for handle in handles:
+        handle.result(timeout=120)
+    store = app.state("events")
+    states = store.get_many(keys)
+    for key in keys:
+        item = states[key]
+        got = item.value["events"] if item else []
+        assert got == expected[key], key
+        assert item is None or item.etag == len(expected[key])
+    counts = run(r, Q.counts())
+    assert (counts.waiting, counts.active, counts.delayed, counts.held) == (0, 0, 0, 0)
+    assert counts.stats["completed"] == len(events)
+    assert r.hlen(Q.prefix + "keys") == 0
+    # Kills that hit running jobs (taken back later) are what this test is about.
+    assert kills == 10 and counts.stats.get("recovered", 0) > 0
+
+
+def test_a_stale_worker_that_wakes_up_cannot_write_state(
+    app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    store = app.state("steps")
+    stale = spawn_worker()
+    handle = tasks.fenced_steps.enqueue("k", 3, 0.5)
+    # The first save (version 1) is made; the worker sleeps before the second.
+    while store.get("k") is None:
+        pass
+    stale.kill(signal.SIGSTOP)
+    stale_id = store.get("k").value["worker"]  # type: ignore[union-attr]
+    rescuer = spawn_worker()
+    assert handle.result(timeout=30) == 4  # the rescuer's three saves: versions 2-4
+    stale.kill(signal.SIGCONT)
+    # The stale worker's sleep ends and it tries its second save: refused (LeaseLost), so
+    # its run fails, and that failure report is fenced too.
+    while not r.hget(Q.stats, "fenced"):
+        pass
+    item = store.get("k")
+    assert item is not None
+    assert item.etag == 4 and item.value["worker"] != stale_id
+    assert app.client.job("default", handle.id).state.value == "completed"
+    rescuer.kill(signal.SIGTERM)
