@@ -11,6 +11,8 @@ import time
 from redwork import Redwork
 
 app = Redwork("bench")
+# The state tasks spread their writes over this many keys (bench/run.py uses it too).
+STATE_KEYS = 1_000
 
 
 @app.task(name="bench.noop")
@@ -28,3 +30,20 @@ async def latency(sent_at: float) -> float:
 @app.task(name="bench.sleep")
 async def sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
+
+
+@app.task(name="bench.state_saves")
+async def state_saves(first: int, count: int) -> None:
+    """`count` saves to keys first, first + 1, ... (mod 1,000), one after the other. Made
+    from inside the job, each is fenced by its lease: one state_write script call, which
+    checks the job's token before it writes."""
+    store = app.state("bench")  # per call: the producer side swaps app.client (configure)
+    for i in range(count):
+        await store.asave(f"k{(first + i) % STATE_KEYS}", i)
+
+
+@app.task(name="bench.state_staged")
+async def state_staged(key: str, value: int) -> None:
+    """One staged write: no round trip here, it travels with the job's completion and is
+    applied by the complete script in the same atomic step."""
+    app.state("bench").staged().save(key, value)

@@ -13,12 +13,14 @@ def _run(*command: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_finds_nothing_to_report() -> None:
-    result = _run(sys.executable, "-m", "ruff", "check", "src", "tests", "bench")
+    result = _run(sys.executable, "-m", "ruff", "check", "src", "tests", "bench", "examples")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_code_is_ruff_formatted() -> None:
-    result = _run(sys.executable, "-m", "ruff", "format", "--check", "src", "tests", "bench")
+    result = _run(
+        sys.executable, "-m", "ruff", "format", "--check", "src", "tests", "bench", "examples"
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

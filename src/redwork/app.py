@@ -221,4 +221,4 @@ class Redwork:
         """A versioned state store (see redwork.state). Its entries are the Redis hashes
         `<key_prefix>||<key>`; the prefix defaults to the app's name, as Dapr's does, so
         the stores of one app share their keys unless given a prefix of their own."""
-        return StateStore(self.client, name, self.name if key_prefix is None else key_prefix)
+        return StateStore(self, name, self.name if key_prefix is None else key_prefix)

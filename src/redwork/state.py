@@ -26,6 +26,7 @@ from redwork.queue import Op, Queue, StateWrite, arun_many, run_many
 from redwork.scripts import Code, load
 
 if TYPE_CHECKING:
+    from redwork.app import Redwork
     from redwork.client import Client
 
 
@@ -54,10 +55,15 @@ def _encode(key: str, value: Any) -> bytes:
 class StateStore:
     """`app.state("name")`: sync methods, and async twins prefixed with `a`."""
 
-    def __init__(self, client: Client, name: str, key_prefix: str) -> None:
-        self.client = client
+    def __init__(self, app: Redwork, name: str, key_prefix: str) -> None:
+        self.app = app
         self.name = name
         self.key_prefix = key_prefix
+
+    @property
+    def client(self) -> Client:
+        # Looked up on each call: a store made at import time follows app.configure().
+        return self.app.client
 
     def redis_key(self, key: str) -> str:
         return f"{self.key_prefix}||{check_key('state key', key)}"
