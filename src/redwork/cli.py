@@ -262,7 +262,8 @@ def _queue_names(client: Client) -> list[str]:
 @cli.command()
 @click.pass_context
 def info(ctx: click.Context) -> None:
-    """Queues (waiting, running, delayed, failed, throughput), and live workers.
+    """Queues (waiting, held behind a key, running, delayed, failed, throughput), and
+    live workers.
 
     \b
     Example:
@@ -276,7 +277,10 @@ def info(ctx: click.Context) -> None:
     now_table = Table(title="queues now")
     totals = Table(title="queue totals")
     for table, columns in (
-        (now_table, ("queue", "waiting", "active", "delayed", "failed", "done/min, last 5")),
+        (
+            now_table,
+            ("queue", "waiting", "held", "active", "delayed", "failed", "done/min, last 5"),
+        ),
         (totals, ("queue", "enqueued", "completed", "failed", "retried", "recovered", "fenced")),
     ):
         for column in columns:
@@ -288,6 +292,7 @@ def info(ctx: click.Context) -> None:
         now_table.add_row(
             name,
             str(counts.waiting),
+            str(counts.held),
             str(counts.active),
             str(counts.delayed),
             str(counts.failed),
