@@ -91,10 +91,12 @@ def test_info_lists_queues_with_counts_and_live_workers(
             started = orjson.loads(message["data"])
     pubsub.close()
     app.enqueue_many(tasks.add.options(queue="cliq").prepare(i, i) for i in range(3))
+    keyed = tasks.add.options(queue="cliq", key="k")
+    app.enqueue_many([keyed.prepare(1, 1), keyed.prepare(2, 2)])  # the second is held
 
     out = ok(run_cli("info", redis_url=redis_url))
-    _, waiting, active, delayed, failed, *_ = table_row(out, "cliq")
-    assert (waiting, active, delayed, failed) == ("3", "0", "0", "0")
+    _, waiting, held, active, delayed, failed, *_ = table_row(out, "cliq")
+    assert (waiting, held, active, delayed, failed) == ("4", "1", "0", "0", "0")
     assert table_row(out, "idle")[1] == "0"
     worker_row = table_row(out, started["id"])
     assert worker_row[1] == "idle"
