@@ -3,9 +3,11 @@
 from redwork.app import JobHandle, Redwork, Task
 from redwork.context import JobContext, current_job
 from redwork.errors import (
+    JobCancelled,
     JobFailed,
     JobNotFound,
     LeaseLost,
+    NotCancellable,
     PayloadTooLarge,
     RedworkError,
     ResultTimeout,
@@ -20,12 +22,14 @@ from redwork.worker import Worker
 __version__ = "0.1.0"
 
 __all__ = [
+    "JobCancelled",
     "JobContext",
     "JobFailed",
     "JobHandle",
     "JobNotFound",
     "JobState",
     "LeaseLost",
+    "NotCancellable",
     "PayloadTooLarge",
     "Redwork",
     "RedworkError",

@@ -42,8 +42,13 @@ class JobHandle:
         return self.info().state
 
     def result(self, timeout: float | None = None) -> Any:
-        """Wait for the job to end; its result, or JobFailed. ResultTimeout past `timeout`."""
+        """Wait for the job to end; its result, or JobFailed (JobCancelled). ResultTimeout
+        past `timeout`."""
         return self.client.result(self.queue, self.id, timeout)
+
+    def cancel(self) -> None:
+        """Withdraw the job if it has not started (NotCancellable if it has)."""
+        self.client.cancel(self.queue, self.id)
 
     async def ainfo(self) -> JobRecord:
         return await self.client.ajob(self.queue, self.id)
@@ -53,6 +58,9 @@ class JobHandle:
 
     async def aresult(self, timeout: float | None = None) -> Any:
         return await self.client.aresult(self.queue, self.id, timeout)
+
+    async def acancel(self) -> None:
+        await self.client.acancel(self.queue, self.id)
 
 
 @dataclass(frozen=True)

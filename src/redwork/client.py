@@ -16,7 +16,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from redwork import connection
-from redwork.errors import JobFailed, JobNotFound, ResultTimeout
+from redwork.errors import JobCancelled, JobFailed, JobNotFound, NotCancellable, ResultTimeout
 from redwork.job import Envelope, JobRecord, JobState
 from redwork.queue import QUEUES_KEY, NewJob, Op, Queue, arun, arun_many, run, run_many
 from redwork.scripts import Code
@@ -116,6 +116,11 @@ class Client:
     def result(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(self.wait(queue, job_id, timeout))
 
+    def cancel(self, queue: str, job_id: str) -> None:
+        """Withdraw a job that has not started; NotCancellable once it has, JobNotFound
+        if there is no such job."""
+        _cancelled(job_id, self.run(self._cancel(queue, job_id)))
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()
@@ -169,6 +174,9 @@ class Client:
     async def aresult(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(await self.await_job(queue, job_id, timeout))
 
+    async def acancel(self, queue: str, job_id: str) -> None:
+        _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
+
     async def aclose(self) -> None:
         if self._async is not None:
             await self._async.aclose()
@@ -182,6 +190,9 @@ class Client:
 
     async def _aretrying(self, call: Callable[[], Awaitable[T]], what: str) -> T:
         return await connection.aretrying(call, what, self.settings.reconnect_for)
+
+    def _cancel(self, queue: str, job_id: str) -> Op[list[Code | str]]:
+        return self.queue(queue).cancel([job_id], self.settings.result_ttl)
 
     def _plan_enqueue(self, envelopes: Sequence[Envelope]) -> _EnqueuePlan:
         """Encode every job first: a batch with one bad job stores nothing."""
@@ -248,4 +259,16 @@ def _confirms_subscription(message: dict[str, Any] | None) -> bool:
 def _result_of(record: JobRecord) -> Any:
     if record.state is JobState.FAILED:
         raise JobFailed(record.id, f"{record.reason}: {record.error}")
+    if record.state is JobState.CANCELLED:
+        raise JobCancelled(f"job {record.id} was cancelled")
     return record.result_value()
+
+
+def _cancelled(job_id: str, replies: list[Code | str]) -> None:
+    reply = replies[0]
+    if reply == "unknown":
+        raise JobNotFound(f"no job {job_id}")
+    if reply is not Code.OK:
+        raise NotCancellable(
+            f"job {job_id} is {reply}: only a job that has not started can be cancelled"
+        )

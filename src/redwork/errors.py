@@ -48,6 +48,14 @@ class JobFailed(RedworkError):
         self.error = error
 
 
+class JobCancelled(RedworkError):
+    """The job was cancelled before it started."""
+
+
+class NotCancellable(RedworkError):
+    """The job has started (or ended), so it cannot be cancelled."""
+
+
 class ResultTimeout(RedworkError, TimeoutError):
     """Waiting for a job's result took longer than the caller allowed."""
 

@@ -26,10 +26,11 @@ class JobState(StrEnum):
     DELAYED = "delayed"
     COMPLETED = "completed"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     @property
     def is_final(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED)
+        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
 
 
 class FailureReason(StrEnum):

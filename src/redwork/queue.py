@@ -218,8 +218,9 @@ def _codes(reply: list[int]) -> list[Code]:
     return [_CODES[c] for c in reply]
 
 
-def _enqueue_replies(reply: list[int | bytes]) -> list[Code | str]:
-    """A code per job, or the id of the job an idempotency key named first."""
+def _code_or_text(reply: list[int | bytes]) -> list[Code | str]:
+    """A code per job, or a string: for enqueue, the id of the job an idempotency key
+    named first; for cancel, the state that kept the job from being cancelled."""
     return [_CODES[r] if isinstance(r, int) else r.decode() for r in reply]
 
 
@@ -250,7 +251,7 @@ class Queue:
         for job in jobs:
             args += (job.id, job.data, job.key or "", job.idempotency_key or "")
         keys = (self.wait, self.marker, self.events, self.stats)
-        return Op(_enqueue_replies, load("enqueue"), keys, args)
+        return Op(_code_or_text, load("enqueue"), keys, args)
 
     def fetch(self, count: int, lease_ms: int, worker_id: str, max_bytes: int) -> Op[Fetched]:
         def parse(reply: list[Any]) -> Fetched:
@@ -333,6 +334,11 @@ class Queue:
             keys,
             (self.prefix, self.name, max_losses, limit),
         )
+
+    def cancel(self, job_ids: Sequence[str], ttl: int) -> Op[list[Code | str]]:
+        """Replies: OK, or the state that kept the job from being cancelled."""
+        keys = (self.wait, self.delayed, self.marker, self.events, self.stats)
+        return Op(_code_or_text, load("cancel"), keys, (self.prefix, self.name, ttl, *job_ids))
 
     def retry_failed(self, job_ids: Sequence[str] = ()) -> Op[int]:
         keys = (self.wait, self.failed, self.marker, self.events)

@@ -48,7 +48,7 @@ for i = 4, #ARGV, 4 do
   if code == OK then
     redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished_at', now)
     redis.call('EXPIRE', key, ttl)
-    release_key(q, key)
+    release_key(q, id)
     done[#done + 1] = id
     ended[#ended + 1] = id
     note('completed', id, attempt)

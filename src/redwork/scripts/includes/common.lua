@@ -71,9 +71,10 @@ end
 -- `key:<key>`, and the hash `keys` names each key's head. When the head ends for good,
 -- the next job of its key joins the wait list. Lease expiry, retries and hand-backs keep
 -- the head where it is, so a key is never run by two deliveries under valid leases.
-local function release_key(q, job_key)
-  local key = redis.call('HGET', job_key, 'key')
-  if not key then return end
+local function release_key(q, id)
+  local key = redis.call('HGET', q.prefix .. 'job:' .. id, 'key')
+  -- Only the head holds its key (a check that keeps a stray call from skipping a job).
+  if not key or redis.call('HGET', q.prefix .. 'keys', key) ~= id then return end
   local next_id = redis.call('LPOP', q.prefix .. 'key:' .. key)
   if next_id then
     redis.call('HSET', q.prefix .. 'keys', key, next_id)
@@ -104,7 +105,7 @@ local function to_failed_store(q, id, reason, message, attempt, now)
     'finished_at', now)
   redis.call('PERSIST', key)
   redis.call('ZADD', q.failed, now, id)
-  release_key(q, key)
+  release_key(q, id)
   note('failed', id, attempt)
   announce_end(q.prefix, id, 'failed')
 end
