@@ -203,3 +203,62 @@ def valkey_servers_under(root: Path) -> list[int]:
         if cwd.is_relative_to(root.resolve()):
             pids.append(int(entry.name))
     return pids
+
+
+class ApiProcess:
+    """`python -m redwork serve tests.tasks:app` on a free loopback port."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        from redwork.server import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "redwork", "serve", "tests.tasks:app", "--port", str(self.port)],
+            env=worker_env(settings, **overrides),
+            cwd=ROOT,
+        )
+        self._wait_until_listening()
+
+    def _wait_until_listening(self, timeout: float = 30.0) -> None:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redwork serve exited with {self.proc.returncode}")
+            try:
+                # Uvicorn listens only once the app's start-up (the hub's subscription) is done.
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)  # nothing to wait on but the port itself
+        raise TimeoutError("redwork serve did not listen in time")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def spawn_api(settings: Settings) -> Iterator[Callable[..., ApiProcess]]:
+    started: list[ApiProcess] = []
+
+    def spawn(**overrides: Any) -> ApiProcess:
+        api = ApiProcess(settings, **overrides)
+        started.append(api)
+        return api
+
+    yield spawn
+    for api in started:
+        api.stop()
+
+
+@pytest.fixture
+def api(spawn_api: Callable[..., ApiProcess]) -> ApiProcess:
+    return spawn_api()

@@ -26,6 +26,14 @@ console = Console()
 
 def load_app(path: str) -> Redwork:
     """`pkg.module:attribute`, or `pkg.module` holding a Redwork object."""
+    app = load_object(path)
+    if not isinstance(app, Redwork):
+        raise click.BadParameter(f"{path} names no Redwork app")
+    return app
+
+
+def load_object(path: str) -> Any:
+    """The object `pkg.module:attribute` names, or the Redwork app in `pkg.module`."""
     module_name, _, attribute = path.partition(":")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -34,12 +42,8 @@ def load_app(path: str) -> Redwork:
     except ImportError as exc:
         raise click.BadParameter(f"cannot import {module_name}: {exc}") from exc
     if attribute:
-        app = getattr(module, attribute, None)
-    else:
-        app = next((v for v in vars(module).values() if isinstance(v, Redwork)), None)
-    if not isinstance(app, Redwork):
-        raise click.BadParameter(f"{path} names no Redwork app")
-    return app
+        return getattr(module, attribute, None)
+    return next((v for v in vars(module).values() if isinstance(v, Redwork)), None)
 
 
 def _settings(ctx: click.Context, **explicit: Any) -> Settings:
@@ -85,6 +89,7 @@ def cli(
     Examples:
       redwork demo --iterations 100 --workers 4
       redwork worker myapp.tasks --concurrency 20 --queues high,default
+      redwork serve myapp.tasks --port 8000
       redwork info
       redwork failed list --queue default
     """
@@ -172,6 +177,52 @@ def worker(
         code = Supervisor(worker_command(app_path), settings.processes, env).run()
         sys.exit(code)
     _run_single_worker(app, settings)
+
+
+@cli.command()
+@click.argument("app_path", metavar="APP")
+@click.option("--host", help="Address to listen on (env REDWORK_API_HOST, default 127.0.0.1).")
+@click.option("--port", type=int, help="Port (env REDWORK_API_PORT, default 8000).")
+@click.pass_context
+def serve(ctx: click.Context, app_path: str, host: str | None, port: int | None) -> None:
+    """Serve the HTTP API, live updates and the dashboard for APP: a Redwork app
+    (`pkg.module` or `pkg.module:app`), or an ASGI app made with redwork.api.create_api
+    and routes of your own (`pkg.module:api`).
+
+    Set REDWORK_API_TOKEN to require a token for every call and for the dashboard.
+
+    \b
+    Examples:
+      redwork serve myapp.tasks
+      redwork serve myapp.web:api --host 0.0.0.0 --port 8080
+    """
+    import uvicorn
+
+    settings = _settings(ctx, api_host=host, api_port=port)
+    # Settings reach an app built at import time through the environment.
+    os.environ.update(to_env(settings))
+    target = load_object(app_path)
+    if isinstance(target, Redwork):
+        from redwork.api import create_api
+
+        target.configure(settings)
+        target = create_api(target, settings)
+    elif not callable(target):
+        raise click.BadParameter(f"{app_path} names neither a Redwork app nor an ASGI app")
+    if settings.api_host not in ("127.0.0.1", "localhost", "::1") and not settings.api_token:
+        logging.getLogger("redwork.api").warning(
+            "listening on %s without REDWORK_API_TOKEN: anyone who can reach it can "
+            "submit, cancel and purge jobs",
+            settings.api_host,
+        )
+    uvicorn.run(
+        target,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level.lower(),
+        ws_ping_interval=settings.api_ping_interval,
+        proxy_headers=False,
+    )
 
 
 def _run_single_worker(app: Redwork, settings: Settings) -> None:

