@@ -10,7 +10,7 @@ import sqlite3
 import time
 from typing import Any
 
-from redwork import Redwork, current_job
+from redwork import LeaseLost, Redwork, current_job
 
 app = Redwork("tests")
 
@@ -199,11 +199,18 @@ async def apply_event(key: str, event: str, seconds: float = 0.0) -> None:
 @app.task(name="fenced_steps")
 def fenced_steps(key: str, steps: int, step_seconds: float) -> int:
     """Save {step, worker} under `key` `steps` times, sleeping after each save; every
-    save is fenced by the job's lease."""
-    store, worker = app.state("steps"), current_job().worker_id
+    save is fenced by the job's lease. Each save is announced on test:saved:<job id>, a
+    refused one on test:refused:<job id>."""
+    job = current_job()
+    store, client = app.state("steps"), app.client.redis()
     version = 0
     for step in range(steps):
-        version = store.save(key, {"step": step, "worker": worker})
+        try:
+            version = store.save(key, {"step": step, "worker": job.worker_id})
+        except LeaseLost:
+            client.rpush(f"test:refused:{job.id}", job.worker_id)  # a test BLPOPs it
+            raise
+        client.rpush(f"test:saved:{job.id}", job.worker_id)
         time.sleep(step_seconds)
     return version
 
@@ -216,3 +223,8 @@ async def keyed_run(key: str, seq: int, seconds: float) -> None:
     await client.rpush(f"test:runs:{key}", f"start {seq}")
     await asyncio.sleep(seconds)
     await client.rpush(f"test:runs:{key}", f"end {seq}")
+
+
+@app.task(name="echo")
+async def echo(value: Any) -> Any:
+    return value

@@ -55,6 +55,17 @@ def test_seed_000_the_same_event_sent_to_two_workers_at_once_applies_once(
     assert store.get("m-1").value["message"] == "hello! gopher gopher rocks"  # type: ignore[union-attr]
 
 
+def running_job_holder(r: redis.Redis, workers: list[WorkerProcess]) -> int | None:
+    """Index of a worker that holds a job right now (the victim of a kill that matters)."""
+    for job_id in r.zrange(Q.active, 0, -1):
+        holder = r.hget(Q.job_key(job_id.decode()), "worker")
+        pid = int(holder.split(b":")[1]) if holder else None
+        for index, worker in enumerate(workers):
+            if worker.pid == pid:
+                return index
+    return None
+
+
 def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -68,7 +79,6 @@ def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
     workers = [spawn_worker(max_losses=1000) for _ in range(4)]
     expected: dict[str, list[str]] = defaultdict(list)
     handles = []
-    kills = 0
     with ThreadPoolExecutor(3) as publishers:
         for n, (event_id, key) in enumerate(events):
             task = tasks.apply_event.options(key=key, idempotency_key=event_id)
@@ -79,11 +89,10 @@ def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
             handles.append(published[0])
             expected[key].append(event_id)
             if n % 200 == 199:  # ten times during the run
-                victim = rng.randrange(len(workers))
+                victim = running_job_holder(r, workers) or rng.randrange(len(workers))
                 workers[victim].kill(signal.SIGKILL)
                 workers[victim].wait()
                 workers[victim] = spawn_worker(max_losses=1000)
-                kills += 1
     for handle in handles:
         handle.result(timeout=120)
     store = app.state("events")
@@ -98,7 +107,7 @@ def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
     assert counts.stats["completed"] == len(events)
     assert r.hlen(Q.prefix + "keys") == 0
     # Kills that hit running jobs (taken back later) are what this test is about.
-    assert kills == 10 and counts.stats.get("recovered", 0) > 0
+    assert counts.stats.get("recovered", 0) > 0
 
 
 def test_a_stale_worker_that_wakes_up_cannot_write_state(
@@ -108,19 +117,16 @@ def test_a_stale_worker_that_wakes_up_cannot_write_state(
     stale = spawn_worker()
     handle = tasks.fenced_steps.enqueue("k", 3, 0.5)
     # The first save (version 1) is made; the worker sleeps before the second.
-    while store.get("k") is None:
-        pass
+    _, stale_id = r.blpop([f"test:saved:{handle.id}"], timeout=30)
     stale.kill(signal.SIGSTOP)
-    stale_id = store.get("k").value["worker"]  # type: ignore[union-attr]
     rescuer = spawn_worker()
     assert handle.result(timeout=30) == 4  # the rescuer's three saves: versions 2-4
     stale.kill(signal.SIGCONT)
-    # The stale worker's sleep ends and it tries its second save: refused (LeaseLost), so
-    # its run fails, and that failure report is fenced too.
-    while not r.hget(Q.stats, "fenced"):
-        pass
+    # The stale worker's sleep ends and it tries its second save: refused.
+    refused = r.blpop([f"test:refused:{handle.id}"], timeout=30)
+    assert refused is not None and refused[1] == stale_id
     item = store.get("k")
     assert item is not None
-    assert item.etag == 4 and item.value["worker"] != stale_id
+    assert item.etag == 4 and item.value["worker"] != stale_id.decode()
     assert app.client.job("default", handle.id).state.value == "completed"
     rescuer.kill(signal.SIGTERM)

@@ -30,4 +30,5 @@ def test_append_message_ends_as_hello_gopher_at_version_8(redis_url: str) -> Non
     # Run again on the same server: e-1 is a duplicate now, and nothing runs.
     again = run_example(redis_url, "examples/append_message/run.py", "--step", "0.01")
     assert again.returncode == 1
+    assert "# e-1 was handled before on this server: nothing runs again" in again.stdout
     assert "version=2" not in again.stdout

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import orjson
 import redis
 
 from redwork import Redwork, Settings
 from redwork.job import Envelope
 from redwork.queue import Completion, Failure, NewJob, Queue, run
+from redwork.registry import WORKERS_CHANNEL
 from redwork.scripts import Code
 from tests import tasks
 from tests.conftest import DAY_MS, WorkerProcess
@@ -133,6 +135,37 @@ def test_a_head_whose_worker_died_runs_again_before_the_rest_of_its_key(
     assert list(fetch_ids(r)) == ["a1"]
 
 
+def test_dead_letters_retried_together_keep_their_order(r: redis.Redis) -> None:
+    jobs = [new(f"a{i}", "A") for i in range(1, 6)]
+    run(r, Q.enqueue(jobs, DAY_MS))
+    for i in (1, 2, 3):  # a1, a2, a3 fail for good one after the other
+        token = fetch_ids(r)[f"a{i}"]
+        run(r, Q.fail([Failure(f"a{i}", token, "exception", "x")]))
+    leased = fetch_ids(r)
+    assert list(leased) == ["a4"]
+    assert run(r, Q.retry_failed()) == 3
+    order = ["a4"]
+    complete(r, leased, "a4")
+    while leased := fetch_ids(r):
+        order += list(leased)
+        complete(r, leased, *leased)
+    assert order == ["a4", "a1", "a2", "a3", "a5"]
+
+
+def test_dead_letters_of_an_idle_key_come_back_oldest_first(r: redis.Redis) -> None:
+    run(r, Q.enqueue([new(f"b{i}", "B") for i in range(1, 4)], DAY_MS))
+    for i in (1, 2, 3):
+        token = fetch_ids(r)[f"b{i}"]
+        run(r, Q.fail([Failure(f"b{i}", token, "exception", "x")]))
+    assert run(r, Q.retry_failed()) == 3
+    order = []
+    while leased := fetch_ids(r):
+        order += list(leased)
+        complete(r, leased, *leased)
+    assert order == ["b1", "b2", "b3"]
+    assert run(r, Q.counts()).held == 0
+
+
 def test_a_retried_dead_letter_runs_next_in_its_key(r: redis.Redis) -> None:
     run(r, Q.enqueue([new("a1", "A"), new("a2", "A"), new("a3", "A")], DAY_MS))
     token = fetch_ids(r)["a1"]
@@ -154,13 +187,22 @@ def test_jobs_of_one_key_never_overlap_and_start_in_order_across_processes(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     keys, per_key = ["k1", "k2", "k3", "k4"], 8
+    announcements = r.pubsub()
+    announcements.subscribe(WORKERS_CHANNEL)
+    for _ in range(2):
+        spawn_worker()
+    started = 0
+    while started < 2:  # both are ready before the jobs come, so both take some
+        message = announcements.get_message(timeout=30)
+        assert message is not None, "a worker did not start"
+        if message["type"] == "message":
+            started += orjson.loads(message["data"])["event"] == "started"
+    announcements.close()
     handles = app.enqueue_many(
         tasks.keyed_run.options(key=key).prepare(key, seq, 0.02)
         for seq in range(per_key)
         for key in keys
     )
-    for _ in range(2):
-        spawn_worker()
     for handle in handles:
         handle.result(timeout=60)
     expected = [f"{edge} {seq}" for seq in range(per_key) for edge in ("start", "end")]

@@ -49,6 +49,24 @@ def test_a_stale_etag_is_a_conflict_and_writes_nothing(goapp: Redwork, r: redis.
     assert not r.exists("goapp||absent")
 
 
+def test_etag_0_means_the_entry_must_not_exist(goapp: Redwork) -> None:
+    store = goapp.state("s")
+    assert store.save("new", 1, etag=0) == 1
+    with pytest.raises(StateConflict):
+        store.save("new", 2, etag=0)
+
+
+def test_a_key_holding_something_else_is_refused_and_nothing_is_written(
+    goapp: Redwork, r: redis.Redis
+) -> None:
+    r.set("goapp||taken", "a plain string")
+    store = goapp.state("s")
+    with pytest.raises(StateConflict, match="holds a string"):
+        store.save_many({"fine": 1, "taken": 2})
+    assert store.get("fine") is None  # all or none
+    assert store.save_many({}) == []
+
+
 def test_bulk_save_is_all_or_nothing_and_bulk_get_reads_every_key(goapp: Redwork) -> None:
     store = goapp.state("s")
     assert store.save_many({"a": {"n": 1}, "b": {"n": 2}}) == [1, 1]
@@ -178,6 +196,27 @@ def test_a_staged_conflict_with_a_retry_left_is_scheduled_again(
     again = run(r, Q.fetch(1, 60_000, "w", 1 << 20)).deliveries
     assert [d.id for d in again] == [job_id]
     assert run(r, Q.counts()).stats["conflicts"] == 1
+
+
+def test_a_staged_write_to_a_key_of_another_type_fails_the_job_and_writes_nothing(
+    goapp: Redwork, r: redis.Redis
+) -> None:
+    r.set("goapp||taken", "x")
+    first, first_token = lease_one(r, "first")
+    second, second_token = lease_one(r, "second")
+    good = [StateWrite("goapp||fine", b"1", None)]
+    bad = [StateWrite("goapp||taken", b"2", None)]
+    batch = [
+        Completion(first, first_token, b"null", good),
+        Completion(second, second_token, b"null", bad, retry_in_ms=0),
+    ]
+    assert run(r, Q.complete(batch, 60)) == [Code.OK, Code.CONFLICT]
+    record = run(r, Q.job(second))
+    assert (record.state.value, record.reason) == ("failed", "conflict")  # no retry: futile
+    assert "holds a string" in (record.error or "")
+    assert r.get("goapp||taken") == b"x"
+    assert r.hget("goapp||fine", "data") == b"1"
+    assert r.zcard(Q.active) == 0
 
 
 async def test_staged_reads_see_the_jobs_own_writes(goapp: Redwork) -> None:

@@ -1,6 +1,7 @@
 """Seed 000, end to end: `python examples/append_message/run.py`.
 
-Starts two worker processes (the seed's goapp and goapp2), prepares the state, publishes
+Starts two worker processes of the same app (the seed's goapp and goapp2 containers),
+prepares the state, publishes
 event e-1 to both at the same time, prints the message as it is updated, and checks that
 it ends as {"id": "m-1", "message": "hello! gopher"} at version 8. Uses the server in
 REDWORK_REDIS_URL, or a private embedded Valkey server."""
@@ -83,6 +84,7 @@ def main() -> int:
             store.save("m-1", {"id": "m-1", "message": "hello!"})
             version = show(r)
             print(f"# publish {args.event_id} to both workers at the same time")
+            notify = r.config_get("notify-keyspace-events")["notify-keyspace-events"]
             r.config_set("notify-keyspace-events", "Kh")
             updates = r.pubsub(ignore_subscribe_messages=True)
             updates.subscribe(f"__keyspace@0__:{KEY}")
@@ -96,6 +98,7 @@ def main() -> int:
                     version = show(r, version)
             final_version = handles[0].result(timeout=30)
             updates.close()
+            r.config_set("notify-keyspace-events", notify)
             item = store.get("m-1")
             print(f"# final: {item.value if item else None} at version {final_version}")
             good = item is not None and item.value["message"] == "hello! gopher"

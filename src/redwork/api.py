@@ -242,6 +242,7 @@ class Service:
         self.hub = Hub(
             lambda: connection.async_client(url, self.settings, single=True),
             reader,
+            mailbox_limit=self.settings.api_client_buffer,
             on_event=DurationTracker(self.metrics.observe_duration),
         )
         await self.hub.start()
@@ -480,7 +481,15 @@ def _handle_errors(api: FastAPI) -> None:
         return _error(
             422,
             _describe_validation(exc),
-            detail=orjson.loads(orjson.dumps(exc.errors(), default=str)),
+            # Not the offending input itself: it can be anything (a 100-digit integer).
+            detail=[
+                {
+                    "loc": [str(p) for p in e.get("loc", ())],
+                    "msg": e.get("msg"),
+                    "type": e.get("type"),
+                }
+                for e in exc.errors()
+            ],
         )
 
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -571,7 +580,7 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
     @api.get("/api/queues/{queue}/failed", response_model=FailedPage, tags=["failed"])
     async def list_failed(
         queue: Annotated[str, Path(max_length=200)],
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
         _: None = authorized,
     ) -> FailedPage:

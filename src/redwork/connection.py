@@ -61,6 +61,12 @@ def client_options(settings: Settings, *, blocking: bool = False) -> dict[str, A
     }
 
 
+ASYNC_POOL_SIZE = 64
+"""Connections an async client opens at most; more callers at once wait for one."""
+POOL_WAIT = 30.0
+"""Seconds a caller waits for a free connection before ConnectionError."""
+
+
 def sync_client(url: str, settings: Settings) -> redis.Redis:
     return redis.Redis.from_url(url, **client_options(settings))
 
@@ -70,9 +76,15 @@ def async_client(
 ) -> redis.asyncio.Redis:
     """`single`: one dedicated connection, for a role that sends one command at a time;
     it skips the pool's checkout and checks on every command of the hot path."""
-    return redis.asyncio.Redis.from_url(
-        url, single_connection_client=single, **client_options(settings, blocking=blocking)
+    options = client_options(settings, blocking=blocking)
+    if single:
+        return redis.asyncio.Redis.from_url(url, single_connection_client=True, **options)
+    # redis-py's default async pool raises "Too many connections" past 100 at once (200
+    # live-update clients subscribing together, say); this one makes callers wait.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url, max_connections=ASYNC_POOL_SIZE, timeout=POOL_WAIT, **options
     )
+    return redis.asyncio.Redis(connection_pool=pool)
 
 
 def check_server(info: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from redwork.queue import StateWrite
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class JobContext:
     id: str
     queue: str

@@ -61,11 +61,18 @@ class ResultTimeout(RedworkError, TimeoutError):
 
 
 class StateConflict(RedworkError):
-    """A state write named an etag (version) that is no longer the entry's version."""
+    """A state write named an etag (version) that is no longer the entry's version (or
+    its key holds something that is not a state entry)."""
 
-    def __init__(self, key: str, expected: int | None, actual: int | None) -> None:
-        found = "absent" if actual is None else f"at version {actual}"
-        super().__init__(f"state {key!r} is {found}; the write expected version {expected}")
+    def __init__(
+        self, key: str, expected: int | None, actual: int | None, holds: str | None = None
+    ) -> None:
+        if holds is not None:
+            message = f"state {key!r}: its Redis key holds a {holds}, not a state entry"
+        else:
+            found = "absent" if actual is None else f"at version {actual}"
+            message = f"state {key!r} is {found}; the write expected version {expected}"
+        super().__init__(message)
         self.key, self.expected, self.actual = key, expected, actual
 
 

@@ -224,7 +224,7 @@ def _code_or_text(reply: list[int | bytes]) -> list[Code | str]:
     return [_CODES[r] if isinstance(r, int) else r.decode() for r in reply]
 
 
-def _text(value: bytes | str) -> str:
+def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
@@ -257,7 +257,7 @@ class Queue:
         def parse(reply: list[Any]) -> Fetched:
             deliveries = [
                 Delivery(
-                    self.name, _text(reply[i]), int(reply[i + 1]), int(reply[i + 2]), reply[i + 3]
+                    self.name, text(reply[i]), int(reply[i + 1]), int(reply[i + 2]), reply[i + 3]
                 )
                 for i in range(1, len(reply), 4)
             ]
@@ -317,7 +317,7 @@ class Queue:
         args: list[str | int] = [self.prefix, lease_ms]
         for job_id, token in leases:
             args += (job_id, token)
-        return Op(lambda r: [_text(i) for i in r], load("heartbeat"), (self.active,), args)
+        return Op(lambda r: [text(i) for i in r], load("heartbeat"), (self.active,), args)
 
     def handback(self, leases: Iterable[tuple[str, int]]) -> Op[list[Code]]:
         args: list[str | int] = [self.prefix, self.name]
@@ -373,7 +373,7 @@ class Queue:
         return Op(parse, command=("XREVRANGE", self.events, "+", "-", "COUNT", depth))
 
     def failed_ids(self, start: int = 0, stop: int = -1) -> Op[list[str]]:
-        return Op(lambda r: [_text(i) for i in r], command=("ZREVRANGE", self.failed, start, stop))
+        return Op(lambda r: [text(i) for i in r], command=("ZREVRANGE", self.failed, start, stop))
 
     def counts(self) -> Op[Counts]:
         def parse(reply: list[Any]) -> Counts:
@@ -384,7 +384,7 @@ class Queue:
                 int(active),
                 int(delayed),
                 int(failed),
-                {_text(k): int(v) for k, v in raw.items()},
+                {text(k): int(v) for k, v in raw.items()},
                 int(held),
             )
 

@@ -9,6 +9,7 @@ import logging
 from collections import defaultdict
 
 import redis.asyncio
+import redis.exceptions
 
 from redwork.connection import TRANSIENT, Backoff
 from redwork.queue import Completion, Failure, Queue, arun
@@ -87,7 +88,12 @@ class Reporter:
             completed = self._completed.get(queue.name)
             if completed:
                 batch = completed[:]
-                codes = await arun(client, queue.complete(batch, self.result_ttl))
+                try:
+                    codes = await arun(client, queue.complete(batch, self.result_ttl))
+                except redis.exceptions.ResponseError as exc:
+                    if isinstance(exc, TRANSIENT):
+                        raise
+                    codes = await self._complete_one_by_one(client, queue, batch)
                 del completed[: len(batch)]
                 self._note_fenced(queue, [c.id for c in batch], codes)
             failed = self._failed.get(queue.name)
@@ -96,6 +102,33 @@ class Reporter:
                 codes = await arun(client, queue.fail(failures))
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
+
+    async def _complete_one_by_one(
+        self, client: redis.asyncio.Redis, queue: Queue, batch: list[Completion]
+    ) -> list[Code]:
+        """After the server refused a batch (a script error, such as a state key in
+        another cluster slot): send each completion alone, and report the ones it still
+        refuses as failed, so that one bad job cannot stop the worker or its batch."""
+        codes: list[Code] = []
+        for completion in batch:
+            try:
+                reply = await arun(client, queue.complete([completion], self.result_ttl))
+                codes += reply
+            except redis.exceptions.ResponseError as exc:
+                if isinstance(exc, TRANSIENT):
+                    raise
+                log.error(
+                    "job %s of %s: the server refused its result: %s",
+                    completion.id,
+                    queue.name,
+                    exc,
+                )
+                error = f"the server refused this job's result: {exc}"
+                self.failed(
+                    queue.name, Failure(completion.id, completion.token, "exception", error)
+                )
+                codes.append(Code.OK)
+        return codes
 
     def _note_fenced(self, queue: Queue, job_ids: list[str], codes: list[Code]) -> None:
         for job_id, code in zip(job_ids, codes, strict=True):

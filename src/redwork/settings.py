@@ -67,6 +67,8 @@ class Settings:
     """Origins allowed to call the API from a browser (CORS); none by default."""
     api_ping_interval: float = 15.0
     """Seconds between keep-alive messages on idle live-update streams."""
+    api_client_buffer: int = 10_000
+    """Updates a live client may fall behind by before it is dropped."""
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, **explicit: Any) -> Settings:
@@ -109,6 +111,8 @@ class Settings:
             )
         if not (self.grace >= 0 and self.reconnect_for >= 0):
             raise ConfigurationError("grace and reconnect_for must be 0 or more")
+        if self.api_client_buffer < 1:
+            raise ConfigurationError("api_client_buffer must be at least 1")
         if self.max_losses < 1:
             raise ConfigurationError("max_losses must be at least 1")
         if not self.queues:

@@ -22,7 +22,7 @@ import orjson
 from redwork.context import running_job
 from redwork.errors import LeaseLost, RedworkError, SerializationError, StateConflict
 from redwork.job import check_key
-from redwork.queue import Op, Queue, StateWrite, arun_many, run_many
+from redwork.queue import Op, Queue, StateWrite, arun_many, run_many, text
 from redwork.scripts import Code, load
 
 if TYPE_CHECKING:
@@ -88,7 +88,8 @@ class StateStore:
             if code is Code.CONFLICT:
                 index = int(reply[1]) - 1
                 actual = int(reply[2]) if reply[2] not in (b"", "") else None
-                raise StateConflict(keys[index], writes[index].etag, actual)
+                holds = text(reply[3]) if len(reply) > 3 else None
+                raise StateConflict(keys[index], writes[index].etag, actual, holds)
             assert job is not None
             raise LeaseLost(
                 f"job {job.id} lost its lease (another delivery owns it now), so its "
@@ -125,7 +126,10 @@ class StateStore:
     def save_many(
         self, values: Mapping[str, Any], etags: Mapping[str, int] | None = None
     ) -> list[int]:
-        """Save several entries, all or none; `etags` gives the expected version of some."""
+        """Save several entries, all or none; `etags` gives the expected version of some
+        (0: the entry must not exist yet)."""
+        if not values:
+            return []
         versions: list[int] = self.client.run(self._saves(values, etags or {}))
         return versions
 
@@ -150,6 +154,8 @@ class StateStore:
     async def asave_many(
         self, values: Mapping[str, Any], etags: Mapping[str, int] | None = None
     ) -> list[int]:
+        if not values:
+            return []
         versions: list[int] = await self.client.arun(self._saves(values, etags or {}))
         return versions
 

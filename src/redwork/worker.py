@@ -354,6 +354,9 @@ class Worker:
                 contextvars.copy_context().run, task.fn, *call.args, **call.kwargs
             )
             running.thread = asyncio.get_running_loop().run_in_executor(self._threads, in_thread)
+            # A thread left running by a timeout or a lost lease may raise later, when no
+            # one awaits it any more: its exception is retrieved here, not logged as lost.
+            running.thread.add_done_callback(_retrieve_exception)
             try:
                 return await _with_timeout(asyncio.shield(running.thread), call.timeout)
             except TypeError as exc:
@@ -544,6 +547,11 @@ def _arguments_error(task: Task[Any, Any], call: Call, exc: TypeError) -> Except
     except TypeError as mismatch:
         return _BadArguments(f"{call.task}{task.signature}: {mismatch}")
     return exc
+
+
+def _retrieve_exception(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _describe_exception() -> str:

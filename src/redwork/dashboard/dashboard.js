@@ -8,6 +8,7 @@ const HISTORY = 120; // seconds of rates kept for the chart
 const history = []; // [{done, failed}] per second, all queues together
 let lastTotals = null;
 let jobStream = null;
+const FINAL_STATES = ["completed", "failed", "cancelled", "purged"];
 
 function text(value) {
   return value === null || value === undefined ? "" : String(value);
@@ -227,9 +228,13 @@ async function showJob(queue, id) {
     list.append(item);
   }
   if (jobStream) jobStream.close();
-  jobStream = new EventSource(`/api/jobs/${job.id}/events?queue=${encodeURIComponent(job.queue)}`);
-  jobStream.addEventListener("job", (message) => {
+  const stream = new EventSource(`/api/jobs/${job.id}/events?queue=${encodeURIComponent(job.queue)}`);
+  jobStream = stream;
+  stream.addEventListener("job", (message) => {
     const update = JSON.parse(message.data);
+    // The server ends the stream after a final state: close it, or EventSource would
+    // reconnect every few seconds for as long as the page stays open.
+    if (FINAL_STATES.includes(update.state)) stream.close();
     if (update.job) renderJob(update.job);
     else showJob(update.queue, update.id);
   });

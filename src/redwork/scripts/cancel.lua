@@ -30,8 +30,9 @@ for i = 4, #ARGV do
       redis.call('ZREM', KEYS[2], id)
     elseif redis.call('LREM', KEYS[1], 1, id) == 0 and key then
       -- Not in circulation: held in its key's line.
-      redis.call('LREM', q.prefix .. 'key:' .. key, 1, id)
-      redis.call('DECR', q.prefix .. 'held')
+      if redis.call('LREM', q.prefix .. 'key:' .. key, 1, id) == 1 then
+        redis.call('DECR', q.prefix .. 'held')
+      end
     end
     release_key(q, id)
     redis.call('HSET', job_key, 'state', 'cancelled', 'finished_at', now)

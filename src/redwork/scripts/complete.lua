@@ -14,8 +14,9 @@ ARGV[4..]         quadruples: job id, fencing token, result (JSON), effects: '' 
                   JSON {"writes": [[op, key, value, etag], ...], "retry_in": ms}
 Returns one code per job: OK, LEASE_LOST (fenced: another delivery owns the job,
 nothing is written), ALREADY_DONE (this delivery was already recorded) or CONFLICT (an
-etag did not match: nothing is written and the run counts as failed with reason
-`conflict`, retried after retry_in ms, or filed in the failed store when -1).
+etag did not match, or a key holds something else than a state entry: nothing is
+written and the run counts as failed with reason `conflict`, retried after retry_in ms,
+or filed in the failed store when -1 or when the key is of another type).
 ]]
 -- @include common
 local q = { prefix = ARGV[1], wait = KEYS[4], marker = KEYS[5], delayed = KEYS[6],
@@ -30,12 +31,18 @@ for i = 4, #ARGV, 4 do
   local code, attempt = check_lease(key, ARGV[i + 1])
   local effects = code == OK and ARGV[i + 3] ~= '' and cjson.decode(ARGV[i + 3])
   if effects then
-    local bad, version = check_state(effects.writes)
+    local bad, version, kind = check_state(effects.writes)
     if bad then
       code = CONFLICT
-      local message = 'state ' .. effects.writes[bad][2] .. ' is at version ' ..
-        (version or 'none') .. ', the job expected ' .. effects.writes[bad][4]
-      if end_failed_run(q, id, attempt, 'conflict', message, effects.retry_in, now) then
+      local write = effects.writes[bad]
+      local message = 'state ' .. write[2] .. ' is at version ' .. (version or 'none') ..
+        ', the job expected ' .. write[4]
+      local retry_in = effects.retry_in
+      if kind then
+        message = 'state ' .. write[2] .. ' holds a ' .. kind .. ', not a state entry'
+        retry_in = -1  -- running again cannot help
+      end
+      if end_failed_run(q, id, attempt, 'conflict', message, retry_in, now) then
         retried = retried + 1
       else
         dead = dead + 1

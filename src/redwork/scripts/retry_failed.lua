@@ -17,17 +17,39 @@ local ids = {}
 for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
 if #ids == 0 then ids = redis.call('ZRANGE', KEYS[2], 0, -1) end
 local moved = 0
+-- Keyed jobs go back in their key's line in enqueue order, ahead of the key's later
+-- jobs: the oldest becomes the head if the key has none.
+local by_key, keys_seen = {}, {}
 for _, id in ipairs(ids) do
   -- Entries buried by fetch as raw bytes (@raw-N) are not jobs and cannot run again.
   if string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
     local job_key = q.prefix .. 'job:' .. id
     redis.call('HSET', job_key, 'state', 'waiting', 'attempt', 0, 'losses', 0)
-    if admit(q, id, redis.call('HGET', job_key, 'key'), true) then
+    local job = redis.call('HMGET', job_key, 'key', 'enqueued_at')
+    if job[1] then
+      if not by_key[job[1]] then
+        by_key[job[1]] = {}
+        keys_seen[#keys_seen + 1] = job[1]
+      end
+      table.insert(by_key[job[1]], { tonumber(job[2] or 0), moved, id })
+    else
       redis.call('LPUSH', KEYS[1], id)
     end
     note('requeued', id, 0)
     moved = moved + 1
   end
+end
+for _, key in ipairs(keys_seen) do
+  local jobs = by_key[key]
+  -- By enqueue time; within one millisecond, as they were given (failure order).
+  table.sort(jobs, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+  local first = 1
+  if redis.call('HEXISTS', q.prefix .. 'keys', key) == 0 then
+    admit(q, jobs[1][3], key, true)
+    redis.call('LPUSH', KEYS[1], jobs[1][3])
+    first = 2
+  end
+  for j = #jobs, first, -1 do admit(q, jobs[j][3], key, true) end
 end
 if moved > 0 then redis.call('ZADD', KEYS[3], 0, 'm') end
 flush_events(KEYS[4], queue, now)

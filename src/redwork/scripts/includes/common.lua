@@ -127,13 +127,17 @@ end
 -- Versioned state (the layout of Dapr's Redis state store): a hash per entry with
 -- `data` (JSON text) and `version` (1 on the first save, +1 on each). A write is
 -- {op, key name, value, etag}: op 'save' or 'delete'; etag '' writes unconditionally,
--- else it must equal the current version. Returns the index of the first write whose
--- etag does not match and that entry's current version (false if absent), or nil.
+-- '0' only if the entry is absent, else it must equal the current version. Returns the
+-- index of the first write that cannot apply, with the entry's current version (false
+-- if absent) or, for a key holding something else than a state entry, its type. Every
+-- write is checked before any is applied, so that a call applies all or none.
 local function check_state(writes)
   for i, w in ipairs(writes) do
+    local kind = redis.call('TYPE', w[2]).ok
+    if kind ~= 'hash' and kind ~= 'none' then return i, false, kind end
     if w[4] ~= '' then
       local version = redis.call('HGET', w[2], 'version')
-      if version ~= w[4] then return i, version end
+      if (version or '0') ~= w[4] then return i, version end
     end
   end
   return nil
