@@ -228,3 +228,15 @@ async def keyed_run(key: str, seq: int, seconds: float) -> None:
 @app.task(name="echo")
 async def echo(value: Any) -> Any:
     return value
+
+
+@app.task(name="progress_steps")
+async def progress_steps(steps: int) -> int:
+    for done in range(1, steps + 1):
+        await app.areport_progress({"done": done, "of": steps})
+    return steps
+
+
+@app.task(name="sync_progress")
+def sync_progress(value: Any) -> None:
+    app.report_progress(value)

@@ -32,3 +32,18 @@ def test_append_message_ends_as_hello_gopher_at_version_8(redis_url: str) -> Non
     assert again.returncode == 1
     assert "# e-1 was handled before on this server: nothing runs again" in again.stdout
     assert "version=2" not in again.stdout
+
+
+def test_uppercase_follows_a_job_from_queued_to_done(redis_url: str) -> None:
+    done = run_example(redis_url, "examples/uppercase/run.py")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith('POST /submit -> {"id": ')
+    assert '"input": "hello world", "status": "queued", "result": ""' in lines[0]
+    assert lines[1:] == [
+        'GET /status -> {"status": "queued"}',
+        'websocket -> {"status": "queued"}',
+        'websocket -> {"status": "running"}',
+        'websocket -> {"status": "done", "result": "HELLO WORLD"}',
+        'GET /status -> {"status": "done", "result": "HELLO WORLD"}',
+    ]

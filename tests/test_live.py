@@ -210,3 +210,22 @@ async def test_unknown_or_malformed_jobs_are_refused(api: ApiProcess) -> None:
     async with httpx.AsyncClient(base_url=api.url) as http:
         assert (await http.get("/api/jobs/nope/events")).status_code == 404
         assert (await http.get("/api/events", params={"jobs": "a b"})).status_code == 422
+
+
+async def test_progress_reaches_followers_in_order(
+    app: Redwork, api: ApiProcess, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    handle = tasks.progress_steps.enqueue(5)
+    async with websockets.connect(ws_url(api, f"/api/jobs/{handle.id}/ws")) as socket:
+        assert orjson.loads(await socket.recv())["state"] == "waiting"
+        spawn_worker()
+        updates = [orjson.loads(raw) async for raw in socket]
+    progress = [m["progress"]["done"] for m in updates if m["event"] == "progress"]
+    assert progress == [1, 2, 3, 4, 5]
+    assert updates[-1]["job"]["progress"] == {"done": 5, "of": 5}  # in the final record
+    sync = tasks.sync_progress.enqueue(["half", 0.5])
+    sync.result(timeout=30)
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        job = (await http.get(f"/api/jobs/{sync.id}")).json()
+    assert job["progress"] == ["half", 0.5]
+    await app.client.aclose()

@@ -110,6 +110,8 @@ def test_bad_keys_and_values_are_refused_with_a_reason(goapp: Redwork) -> None:
         store.save("k", object())
     with pytest.raises(RedworkError, match="staged"):
         store.staged()  # not in a job
+    with pytest.raises(RedworkError, match="running in a job"):
+        goapp.report_progress(1)
 
 
 def test_key_prefix_separates_stores(goapp: Redwork, r: redis.Redis) -> None:

@@ -8,8 +8,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
+import orjson
+
 from redwork.client import Client
-from redwork.errors import UnknownTask
+from redwork.context import running_job
+from redwork.errors import LeaseLost, RedworkError, SerializationError, UnknownTask
 from redwork.job import (
     Envelope,
     JobRecord,
@@ -20,6 +23,8 @@ from redwork.job import (
     new_job_id,
     now_ms,
 )
+from redwork.queue import Op
+from redwork.scripts import Code
 from redwork.settings import Settings
 from redwork.state import StateStore
 
@@ -224,6 +229,31 @@ class Redwork:
 
     def job(self, job_id: str, queue: str = "default") -> JobHandle:
         return JobHandle(self.client, queue, job_id)
+
+    def report_progress(self, progress: Any) -> None:
+        """From a running task: record how far it has got (any JSON value, e.g.
+        {"done": 40, "of": 100}); shown by the API and the dashboard, and published as
+        a `progress` event. Refused (LeaseLost) once the job is no longer this run's."""
+        self.client.run(self._progress(progress))
+
+    async def areport_progress(self, progress: Any) -> None:
+        await self.client.arun(self._progress(progress))
+
+    def _progress(self, progress: Any) -> Op[None]:
+        job = running_job()
+        if job is None:
+            raise RedworkError("report_progress() is for code running in a job")
+        try:
+            data = orjson.dumps(progress)
+        except TypeError as exc:
+            raise SerializationError(f"progress is not JSON: {exc}") from exc
+        op = self.client.queue(job.queue).progress(job.id, job.token, data)
+
+        def check(code: Code) -> None:
+            if code is not Code.OK:
+                raise LeaseLost(f"job {job.id} is no longer this run's; progress refused")
+
+        return Op(lambda reply: check(op.parse(reply)), op.script, op.keys, op.args)
 
     def state(self, name: str, *, key_prefix: str | None = None) -> StateStore:
         """A versioned state store (see redwork.state). Its entries are the Redis hashes

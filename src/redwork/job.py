@@ -248,6 +248,8 @@ class JobRecord:
     reason: str | None
     error: str | None
     key: str | None = None
+    progress: bytes | None = None
+    """What the task last reported with app.report_progress() (JSON)."""
 
     @classmethod
     def from_hash(cls, queue: str, job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
@@ -275,6 +277,7 @@ class JobRecord:
             reason=text("reason"),
             error=text("error"),
             key=text("key"),
+            progress=fields.get(b"progress"),
         )
 
     @property
@@ -304,6 +307,7 @@ class JobRecord:
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
+            "progress": None if self.progress is None else orjson.loads(self.progress),
             "result": self.result_value() if self.state is JobState.COMPLETED else None,
             "reason": self.reason,
             "error": self.error,

@@ -23,7 +23,7 @@ import orjson
 import redis.asyncio
 
 from redwork.connection import TRANSIENT, Backoff
-from redwork.job import JobRecord, JobState
+from redwork.job import JobRecord
 from redwork.queue import KEY_ROOT, Queue, arun_many
 
 log = logging.getLogger("redwork.live")
@@ -43,6 +43,7 @@ STATE_AFTER = {
     "requeued": "waiting",
     "purged": "purged",
     "cancelled": "cancelled",
+    "progress": "active",
 }
 """The state a job is in after each kind of event (protocol.md, Events)."""
 
@@ -208,6 +209,7 @@ class Hub:
         if not followed:
             return
         records: dict[JobRef, JobRecord | None] = {}
+        # A final state carries the result or error: read the record once for all.
         if kind in FINAL_EVENTS and kind != "purged":
             records = dict(zip(followed, await self.records(followed), strict=True))
         attempt_of = dict(zip(jobs, attempts, strict=False))
@@ -225,6 +227,8 @@ class Hub:
                     "attempt": attempt_of.get(ref[1], 0),
                     "at": event.get("at"),
                 }
+                if kind == "progress":
+                    message["progress"] = event.get("progress")
             self._deliver(ref, message)
 
     def _deliver(self, ref: JobRef, message: dict[str, Any]) -> None:
@@ -270,6 +274,3 @@ class DurationTracker:
                 if started is not None:
                     self._observe(queue, outcome, max(0, at - started) / 1000)
 
-
-def is_final(state: str) -> bool:
-    return state in (JobState.COMPLETED, JobState.FAILED, "cancelled", "purged")

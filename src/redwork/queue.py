@@ -319,6 +319,14 @@ class Queue:
             args += (job_id, token)
         return Op(lambda r: [text(i) for i in r], load("heartbeat"), (self.active,), args)
 
+    def progress(self, job_id: str, token: int, progress: bytes) -> Op[Code]:
+        return Op(
+            lambda reply: _CODES[reply],
+            load("progress"),
+            (self.events,),
+            (self.prefix, self.name, job_id, token, progress),
+        )
+
     def handback(self, leases: Iterable[tuple[str, int]]) -> Op[list[Code]]:
         args: list[str | int] = [self.prefix, self.name]
         for job_id, token in leases:
