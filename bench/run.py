@@ -38,14 +38,32 @@ if str(ROOT) not in sys.path:
 
 import redis  # noqa: E402
 
-from bench.tasks import app, latency, noop, sleep  # noqa: E402
+from bench.tasks import (  # noqa: E402
+    STATE_KEYS,
+    app,
+    latency,
+    noop,
+    sleep,
+    state_saves,
+    state_staged,
+)
 from redwork.client import Client  # noqa: E402
+from redwork.job import Envelope  # noqa: E402
 from redwork.queue import Queue  # noqa: E402
 from redwork.server import ServerProcess  # noqa: E402
 from redwork.settings import Settings  # noqa: E402
 
 QUEUE = "default"
-SCENARIOS = ("bulk_enqueue", "drain_1", "drain_2", "latency", "sleep_efficiency", "round_trips")
+SCENARIOS = (
+    "bulk_enqueue",
+    "drain_1",
+    "drain_2",
+    "latency",
+    "sleep_efficiency",
+    "round_trips",
+    "keyed",
+    "state",
+)
 POLL = 0.01  # seconds between polls of a counter: a benchmark may poll, a test may not
 WORKER_GRACE = 5.0  # REDWORK_GRACE of the workers
 # Every scenario stops its workers only once all their jobs are done, so a worker exits
@@ -83,6 +101,11 @@ class Config:
     sleep_jobs: int
     sleep_concurrency: int
     round_trip_jobs: int
+    keyed_keys: int
+    state_jobs: int
+    state_saves_per_job: int
+    staged_jobs: int
+    unfenced_saves: int
     prefetch: int = 0
 
     @classmethod
@@ -99,6 +122,11 @@ class Config:
             sleep_jobs=300 if quick else 1000,
             sleep_concurrency=20,
             round_trip_jobs=5_000 if quick else 20_000,
+            keyed_keys=1_000,
+            state_jobs=1_000 if quick else 5_000,
+            state_saves_per_job=10,
+            staged_jobs=10_000 if quick else 50_000,
+            unfenced_saves=1_000 if quick else 5_000,
         )
 
 
@@ -353,15 +381,22 @@ class Bench:
                 raise BenchError("the AOF rewrite after FLUSHALL did not finish in 60s")
             time.sleep(POLL)
 
+    def enqueue(self, envelopes: Iterable[Envelope]) -> list[str]:
+        return [h.id for h in app.enqueue_many(envelopes)]
+
     def enqueue_noops(self, n: int) -> list[str]:
-        return [h.id for h in app.enqueue_many(noop.prepare() for _ in range(n))]
+        return self.enqueue(noop.prepare() for _ in range(n))
 
     def completed(self) -> int:
         return int(self.r.hget(self.queue.stats, "completed") or 0)
 
-    def wait_completed(self, n: int, workers: Workers, timeout: float | None = None) -> int:
+    def wait_completed(
+        self, n: int, workers: Workers, timeout: float | None = None, *, fail_fast: bool = False
+    ) -> int:
         """Poll the queue's completed counter until it reaches n; returns the number of
-        polls (each is one command the server counts)."""
+        polls (each is one command the server counts). `fail_fast`: stop at the first
+        failed job (tasks that can fail), rather than waiting out the timeout; it costs
+        a second command per poll, so round_trips, which counts them, does without."""
         timeout = timeout if timeout is not None else 60.0 + n / 500
         deadline = time.monotonic() + timeout
         polls = 0
@@ -370,10 +405,19 @@ class Bench:
             done = self.completed()
             if done >= n:
                 return polls
+            if fail_fast:
+                self.check_no_failures()
             workers.check()
             if time.monotonic() > deadline:
                 raise BenchError(f"only {done} of {n} jobs completed after {timeout:.0f}s")
             time.sleep(POLL)
+
+    def check_no_failures(self) -> None:
+        if not int(self.r.hget(self.queue.stats, "failed") or 0):
+            return
+        first: list[str] = app.client.run(self.queue.failed_ids(0, 0))
+        error = app.client.job(QUEUE, first[0]).error if first else None
+        raise BenchError(f"a job failed: {(error or '(no error recorded)')[-2000:]}")
 
     def wait_idle(self, workers: Workers, timeout: float = 30.0) -> None:
         """Until every worker process is blocked on its wake-up marker (BZPOPMIN)."""
@@ -423,6 +467,14 @@ class Bench:
 
     def aof_rewrites(self) -> int:
         return int(self.r.info("persistence").get("aof_rewrites", 0))
+
+    def state_versions(self) -> int:
+        """The versions of the state entries the bench tasks write, summed: each save
+        adds one, so this is the number of saves applied."""
+        pipe = self.r.pipeline(transaction=False)
+        for k in range(STATE_KEYS):
+            pipe.hget(f"bench||k{k}", "version")
+        return sum(int(v or 0) for v in pipe.execute())
 
     def commandstats(self) -> Counter[str]:
         stats = self.r.info("commandstats")
@@ -485,37 +537,49 @@ def drain(b: Bench, processes: int) -> dict[str, Any]:
     runs = []
     for concurrency in b.config.concurrencies:
         b.reset()
-        ids = b.enqueue_noops(n)
-        rewrites, script_us, server_cpu = b.aof_rewrites(), b.evalsha_usec(), b.server_cpu()
-        spawned = time.perf_counter()
-        with Workers(b, processes, concurrency) as workers:
-            b.wait_completed(n, workers)
-            wall = time.perf_counter() - spawned
-            server_cpu = b.server_cpu() - server_cpu
-            worker_cpu = sum(proc_cpu(proc.pid) for proc, _ in workers.procs)
-        first, last, per_worker = b.span_ms(ids)
-        seconds = max(last - first, 1) / 1000
-        skew = max(per_worker.values()) - min(per_worker.values())
-        run = {
-            "concurrency": concurrency,
-            "jobs_per_s": n / seconds,
-            "seconds": seconds,
-            "wall_incl_startup_s": wall,
-            "worker_start_skew_ms": skew,
-            "worker_cpu_us_per_job": 1e6 * worker_cpu / n,
-            "server_cpu_us_per_job": 1e6 * server_cpu / n,
-            "server_script_us_per_job": (b.evalsha_usec() - script_us) / n,
-            "aof_rewrites": b.aof_rewrites() - rewrites,
-        }
+        run = _drain_enqueued(b, b.enqueue_noops(n), processes, concurrency)
         runs.append(run)
-        log(
-            f"drain_{processes} c={concurrency}: {n / seconds:,.0f} jobs/s ({seconds:.2f}s; "
-            f"{wall:.2f}s with process start; start skew {skew} ms; CPU per job: workers "
-            f"{_us(run, 'worker')}, server {_us(run, 'server')} of which in scripts "
-            f"{run['server_script_us_per_job']:.0f} us; {run['aof_rewrites']} AOF rewrites)"
-        )
+        log(f"drain_{processes} c={concurrency}: {_describe_drain(run)}")
     best = max(runs, key=lambda r: r["jobs_per_s"])
     return {"jobs": n, "processes": processes, "runs": runs, **best}
+
+
+def _drain_enqueued(
+    b: Bench, ids: list[str], processes: int, concurrency: int, *, fail_fast: bool = False
+) -> dict[str, Any]:
+    """Start `processes` worker processes on the jobs `ids`, already enqueued, and
+    measure them until all are completed (shared by every drain-shaped scenario)."""
+    n = len(ids)
+    rewrites, script_us, server_cpu = b.aof_rewrites(), b.evalsha_usec(), b.server_cpu()
+    spawned = time.perf_counter()
+    with Workers(b, processes, concurrency) as workers:
+        b.wait_completed(n, workers, fail_fast=fail_fast)
+        wall = time.perf_counter() - spawned
+        server_cpu = b.server_cpu() - server_cpu
+        worker_cpu = sum(proc_cpu(proc.pid) for proc, _ in workers.procs)
+    first, last, per_worker = b.span_ms(ids)
+    seconds = max(last - first, 1) / 1000
+    return {
+        "concurrency": concurrency,
+        "jobs_per_s": n / seconds,
+        "seconds": seconds,
+        "wall_incl_startup_s": wall,
+        "worker_start_skew_ms": max(per_worker.values()) - min(per_worker.values()),
+        "worker_cpu_us_per_job": 1e6 * worker_cpu / n,
+        "server_cpu_us_per_job": 1e6 * server_cpu / n,
+        "server_script_us_per_job": (b.evalsha_usec() - script_us) / n,
+        "aof_rewrites": b.aof_rewrites() - rewrites,
+    }
+
+
+def _describe_drain(run: dict[str, Any]) -> str:
+    return (
+        f"{run['jobs_per_s']:,.0f} jobs/s ({run['seconds']:.2f}s; "
+        f"{run['wall_incl_startup_s']:.2f}s with process start; start skew "
+        f"{run['worker_start_skew_ms']} ms; CPU per job: workers {_us(run, 'worker')}, "
+        f"server {_us(run, 'server')} of which in scripts "
+        f"{run['server_script_us_per_job']:.0f} us; {run['aof_rewrites']} AOF rewrites)"
+    )
 
 
 def latency_scenario(b: Bench) -> dict[str, Any]:
@@ -679,6 +743,179 @@ def _describe(f: dict[str, Any]) -> str:
     )
 
 
+# The cost per-key ordering may add to a drain, as a floor on keyed / unkeyed jobs/s.
+KEYED_RATIO_TARGET = 0.70
+
+
+def keyed(b: Bench) -> dict[str, Any]:
+    """Per-key ordering's cost: the drain_1 workload (n no-op jobs, then one worker
+    process, for each concurrency) run without keys and then with a key per job,
+    round-robin over 1,000 keys. Only a key's head circulates, so at most 1,000 jobs can
+    be fetched at a time (by design); each completion puts its key's next job in line."""
+    cfg = b.config
+    n = cfg.drain_jobs
+    # One Task per key, made once: options() builds a Task, too slow to call per job.
+    by_key = [noop.options(key=f"acct-{k}") for k in range(cfg.keyed_keys)]
+    unkeyed_runs, keyed_runs = [], []
+    for concurrency in cfg.concurrencies:
+        # The two back to back at each concurrency, so that they see the same machine.
+        b.reset()
+        unkeyed = _drain_enqueued(b, b.enqueue_noops(n), 1, concurrency)
+        unkeyed_runs.append(unkeyed)
+        log(f"keyed c={concurrency}, without keys: {_describe_drain(unkeyed)}")
+        b.reset()
+        ids = b.enqueue(by_key[i % len(by_key)].prepare() for i in range(n))
+        circulating = int(b.r.llen(b.queue.wait))
+        run = _drain_enqueued(b, ids, 1, concurrency)
+        run.update(
+            ratio=run["jobs_per_s"] / unkeyed["jobs_per_s"],
+            circulating_at_start=circulating,
+            order_violations=_order_violations(b, ids, len(by_key)),
+            # Both 0 once every job is done: no key still has a head or a line.
+            keys_left=int(b.r.hlen(b.queue.prefix + "keys")),
+            held_left=int(b.r.get(b.queue.held) or 0),
+        )
+        keyed_runs.append(run)
+        log(
+            f"keyed c={concurrency}, {len(by_key):,} keys: {_describe_drain(run)}; "
+            f"{run['ratio']:.2f} of unkeyed; {circulating:,} circulating at start, "
+            f"{run['order_violations']} order violations"
+        )
+    best_unkeyed = max(unkeyed_runs, key=lambda r: r["jobs_per_s"])
+    best_keyed = max(keyed_runs, key=lambda r: r["jobs_per_s"])
+    return {
+        "jobs": n,
+        "keys": len(by_key),
+        "unkeyed_jobs_per_s": best_unkeyed["jobs_per_s"],
+        "unkeyed_concurrency": best_unkeyed["concurrency"],
+        "keyed_jobs_per_s": best_keyed["jobs_per_s"],
+        "keyed_concurrency": best_keyed["concurrency"],
+        # Best against best, as drain_1 reports its best concurrency.
+        "ratio": best_keyed["jobs_per_s"] / best_unkeyed["jobs_per_s"],
+        "order_violations": sum(r["order_violations"] for r in keyed_runs),
+        "unkeyed_runs": unkeyed_runs,
+        "keyed_runs": keyed_runs,
+    }
+
+
+def _order_violations(b: Bench, ids: list[str], keys: int) -> int:
+    """Jobs that started before the previous job of their key had finished, on the
+    server's clock (ms): per-key ordering allows none. ids are in enqueue order and job
+    i has key i % keys."""
+    last_finished: dict[int, int] = {}
+    violations = 0
+    for i, (started, finished) in enumerate(b.job_fields(ids, "started_at", "finished_at")):
+        if started is None or finished is None:
+            raise BenchError("a keyed job has no started_at/finished_at: did it run?")
+        if int(started) < last_finished.get(i % keys, 0):
+            violations += 1
+        last_finished[i % keys] = int(finished)
+    return violations
+
+
+def state(b: Bench) -> dict[str, Any]:
+    """Versioned state: fenced saves from inside jobs, staged writes committed with the
+    completion (next to no-op jobs, same run), and unfenced saves from a plain client.
+    The jobs run on one worker process at the first concurrency value."""
+    concurrency = b.config.concurrencies[0]
+    staged, noops = _staged_writes(b, concurrency)
+    return {
+        "concurrency": concurrency,
+        "fenced": _fenced_saves(b, concurrency),
+        "staged": staged,
+        "noop": noops,
+        "unfenced": _unfenced_saves(b),
+    }
+
+
+def _fenced_saves(b: Bench, concurrency: int) -> dict[str, Any]:
+    """Jobs that each await k saves, one after the other: each is a state_write call
+    that checks the job's lease first. Measured like a drain, so saves/s includes the
+    jobs' own fetch and completion."""
+    n, k = b.config.state_jobs, b.config.state_saves_per_job
+    b.reset()
+    ids = b.enqueue(state_saves.prepare(j * k, k) for j in range(n))
+    run = _drain_enqueued(b, ids, 1, concurrency, fail_fast=True)
+    _check_saves(b, n * k)
+    run.update(
+        saves=n * k,
+        saves_per_job=k,
+        saves_per_s=run["jobs_per_s"] * k,
+        worker_cpu_us_per_save=run["worker_cpu_us_per_job"] / k,
+        server_cpu_us_per_save=run["server_cpu_us_per_job"] / k,
+    )
+    log(
+        f"state, fenced saves in jobs c={concurrency}: {run['saves_per_s']:,.0f} saves/s "
+        f"({k} per job; CPU per save: worker {run['worker_cpu_us_per_save']:.0f} us, "
+        f"server {run['server_cpu_us_per_save']:.0f} us); as jobs: {_describe_drain(run)}"
+    )
+    return run
+
+
+def _staged_writes(b: Bench, concurrency: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Jobs that each stage one write, applied by the complete script; and the same
+    number of no-op jobs just before, as the baseline on the same machine state."""
+    n = b.config.staged_jobs
+    b.reset()
+    noops = _drain_enqueued(b, b.enqueue_noops(n), 1, concurrency)
+    log(f"state, no-op jobs c={concurrency}: {_describe_drain(noops)}")
+    b.reset()
+    ids = b.enqueue(state_staged.prepare(f"k{i % STATE_KEYS}", i) for i in range(n))
+    staged = _drain_enqueued(b, ids, 1, concurrency, fail_fast=True)
+    _check_saves(b, n)
+    staged["ratio_to_noop"] = staged["jobs_per_s"] / noops["jobs_per_s"]
+    log(
+        f"state, one staged write per job c={concurrency}: {_describe_drain(staged)}; "
+        f"{staged['ratio_to_noop']:.2f} of no-op jobs"
+    )
+    return staged, noops
+
+
+def _check_saves(b: Bench, expected: int) -> None:
+    applied = b.state_versions()
+    if applied != expected:
+        raise BenchError(f"{applied} state saves applied; the jobs made {expected}")
+
+
+def _unfenced_saves(b: Bench) -> dict[str, Any]:
+    """store.save from the benchmark's own process, outside any job, one after the
+    other on one connection: each waits for its reply, so this is round-trip bound.
+    A run of PINGs on the same connection gives the bare round trip to compare."""
+    m = b.config.unfenced_saves
+    b.reset()
+    store = app.state("bench")
+    store.save("warm-up", 0)  # connects and loads the script before the clock starts
+    server_cpu, producer_cpu = b.server_cpu(), time.process_time()
+    t0 = time.perf_counter()
+    for i in range(m):
+        store.save(f"k{i % STATE_KEYS}", i)
+    seconds = time.perf_counter() - t0
+    producer_cpu = time.process_time() - producer_cpu
+    server_cpu = b.server_cpu() - server_cpu
+    _check_saves(b, m)
+    ping = app.client.redis().ping
+    pings = 1000
+    t0 = time.perf_counter()
+    for _ in range(pings):
+        ping()
+    ping_us = 1e6 * (time.perf_counter() - t0) / pings
+    result = {
+        "saves": m,
+        "saves_per_s": m / seconds,
+        "us_per_save": 1e6 * seconds / m,
+        "ping_us": ping_us,
+        "producer_cpu_us_per_save": 1e6 * producer_cpu / m,
+        "server_cpu_us_per_save": 1e6 * server_cpu / m,
+    }
+    log(
+        f"state, unfenced saves: {result['saves_per_s']:,.0f} saves/s "
+        f"({result['us_per_save']:.0f} us each, a PING {ping_us:.0f} us; CPU per save: "
+        f"producer {result['producer_cpu_us_per_save']:.0f} us, "
+        f"server {result['server_cpu_us_per_save']:.0f} us)"
+    )
+    return result
+
+
 RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "bulk_enqueue": bulk_enqueue,
     "drain_1": lambda b: drain(b, 1),
@@ -686,6 +923,8 @@ RUNNERS: dict[str, Callable[[Bench], dict[str, Any]]] = {
     "latency": latency_scenario,
     "sleep_efficiency": sleep_efficiency,
     "round_trips": round_trips,
+    "keyed": keyed,
+    "state": state,
 }
 
 
@@ -790,6 +1029,42 @@ def table(results: dict[str, dict[str, Any]]) -> list[Row]:
             rows.append(Row("  EVALSHA/job", f"{f['evalsha_per_job']:.4f}"))
             server = f"{f['server_commands_per_job']:.2f}"
             rows.append(Row("  server commands/job, incl. those inside scripts", server))
+    if r := done("keyed"):
+        figure = f"drain, 1 process, keyed ({r['keys']:,} keys), jobs/s"
+        rows.append(Row(figure, f"{r['keyed_jobs_per_s']:,.0f} (c={r['keyed_concurrency']})"))
+        unkeyed = f"{r['unkeyed_jobs_per_s']:,.0f} (c={r['unkeyed_concurrency']})"
+        rows.append(Row("  the same jobs without keys, jobs/s", unkeyed))
+        ratio, target = r["ratio"], f">= {KEYED_RATIO_TARGET:.2f}"
+        rows.append(Row("  keyed / unkeyed", f"{ratio:.2f}", target, ratio >= KEYED_RATIO_TARGET))
+        best = [max(r[f"{m}_runs"], key=lambda x: x["jobs_per_s"]) for m in ("unkeyed", "keyed")]
+        cpu = " / ".join(f"{x['server_cpu_us_per_job']:.0f}" for x in best)
+        rows.append(Row("  server CPU per job, us: unkeyed / keyed", cpu))
+        violations = r["order_violations"]
+        rows.append(
+            Row(
+                "  started before their key's previous job ended",
+                str(violations),
+                "0",
+                violations == 0,
+            )
+        )
+    if r := done("state"):
+        c, fenced, staged = r["concurrency"], r["fenced"], r["staged"]
+        figure = f"fenced saves in jobs, saves/s ({fenced['saves_per_job']} per job, 1 process)"
+        rows.append(Row(figure, f"{fenced['saves_per_s']:,.0f} (c={c})"))
+        cpu = f"{fenced['worker_cpu_us_per_save']:.0f} / {fenced['server_cpu_us_per_save']:.0f}"
+        rows.append(Row("  CPU per save, us: worker / server", cpu))
+        figure = "jobs with one staged write, jobs/s (1 process)"
+        rows.append(Row(figure, f"{staged['jobs_per_s']:,.0f} (c={c})"))
+        rows.append(
+            Row("  no-op jobs, same run, jobs/s", f"{r['noop']['jobs_per_s']:,.0f} (c={c})")
+        )
+        rows.append(Row("  staged / no-op", f"{staged['ratio_to_noop']:.2f}"))
+        unfenced = r["unfenced"]
+        figure = "unfenced saves, one client, sequential, saves/s"
+        rows.append(Row(figure, f"{unfenced['saves_per_s']:,.0f}"))
+        each = f"{unfenced['us_per_save']:.0f} / {unfenced['ping_us']:.0f}"
+        rows.append(Row("  us per save / per PING", each))
     return rows
 
 
@@ -805,6 +1080,9 @@ def render(info: dict[str, Any], config: Config, rows: list[Row]) -> str:
         f"(concurrency {', '.join(map(str, config.concurrencies))}), latency "
         f"{config.latency_rate}/s for {config.latency_seconds:g}s, sleep {config.sleep_jobs}, "
         f"round trips {config.round_trip_jobs:,}; worker prefetch {config.prefetch}",
+        f"keyed: drain sizes over {config.keyed_keys:,} keys; state: "
+        f"{config.state_jobs:,} jobs x {config.state_saves_per_job} fenced saves, "
+        f"{config.staged_jobs:,} staged, {config.unfenced_saves:,} unfenced",
         "",
     ]
     width = max(len(r.figure) for r in rows) if rows else 10

@@ -37,7 +37,7 @@ async def state_saves(first: int, count: int) -> None:
     """`count` saves to keys first, first + 1, ... (mod 1,000), one after the other. Made
     from inside the job, each is fenced by its lease: one state_write script call, which
     checks the job's token before it writes."""
-    store = app.state("bench")  # per call: the producer side swaps app.client (configure)
+    store = app.state("bench")
     for i in range(count):
         await store.asave(f"k{(first + i) % STATE_KEYS}", i)
 
