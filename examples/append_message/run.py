@@ -13,16 +13,13 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import redis
 
 from redwork import Settings
-from redwork.server import EmbeddedServer
+from redwork.server import given_or_private
 from redwork.settings import to_env
 from redwork.supervisor import worker_command
 
@@ -31,20 +28,6 @@ sys.path.insert(0, str(HERE))
 from app import app, publish, store  # noqa: E402
 
 KEY = "goapp||m-1"
-
-
-@contextmanager
-def server_url() -> Iterator[str]:
-    url = os.environ.get("REDWORK_REDIS_URL")
-    if url:
-        yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="append-message-") as data_dir:
-        server = EmbeddedServer(Path(data_dir))
-        try:
-            yield server.ensure_running()
-        finally:
-            server.stop()
 
 
 def show(r: redis.Redis, last_version: bytes = b"") -> bytes:
@@ -66,7 +49,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     event = {"event_id": args.event_id, "message_id": "m-1", "message": " gopher"}
-    with server_url() as url:
+    with given_or_private(os.environ.get("REDWORK_REDIS_URL"), "append-message-") as url:
         settings = Settings.load(redis_url=url)
         app.configure(settings)
         env = {

@@ -11,32 +11,15 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from client import follow  # noqa: E402
 
-from redwork.server import EmbeddedServer, free_port  # noqa: E402
+from redwork.server import free_port, given_or_private  # noqa: E402
 from redwork.supervisor import worker_command  # noqa: E402
-
-
-@contextmanager
-def server_url() -> Iterator[str]:
-    url = os.environ.get("REDWORK_REDIS_URL")
-    if url:
-        yield url
-        return
-    with tempfile.TemporaryDirectory(prefix="uppercase-") as data_dir:
-        server = EmbeddedServer(Path(data_dir))
-        try:
-            yield server.ensure_running()
-        finally:
-            server.stop()
 
 
 def wait_listening(port: int, api: subprocess.Popen[bytes]) -> None:
@@ -51,7 +34,7 @@ def wait_listening(port: int, api: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    with server_url() as url:
+    with given_or_private(os.environ.get("REDWORK_REDIS_URL"), "uppercase-") as url:
         port = free_port()
         env = {
             **os.environ,

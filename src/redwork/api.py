@@ -43,7 +43,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from redwork import connection
-from redwork.app import Redwork, Task
+from redwork.app import Redwork
 from redwork.errors import (
     InvalidName,
     JobNotFound,
@@ -54,7 +54,7 @@ from redwork.errors import (
 from redwork.job import NAME_PATTERN, Envelope, JobRecord
 from redwork.live import DurationTracker, Hub, Overflow, Subscription, job_message
 from redwork.metrics import Metrics
-from redwork.queue import QUEUES_KEY, Queue, arun_many
+from redwork.queue import QUEUES_KEY, Op, Queue, arun, arun_many
 from redwork.registry import alive_workers
 from redwork.settings import Settings
 
@@ -229,10 +229,6 @@ class Service:
         self.hub: Hub | None = None
         self.stats_feed = StatsFeed(self)
 
-    @property
-    def client(self) -> Any:
-        return self.app.client
-
     async def redis(self) -> redis.asyncio.Redis:
         return await self.app.client.aredis()
 
@@ -268,11 +264,8 @@ class Service:
         where = f"queue {queue}" if queue else "any queue"
         raise JobNotFound(f"no job {job_id} in {where} (it never existed, or it expired)")
 
-    def task(self, name: str) -> Task[Any, Any]:
-        return self.app.get_task(name)
-
     def envelope(self, submission: JobSubmission, idempotency_key: str | None) -> Envelope:
-        task = self.task(submission.task)
+        task = self.app.get_task(submission.task)
         try:
             task.signature.bind(*submission.args, **submission.kwargs)
         except TypeError as exc:
@@ -561,8 +554,7 @@ def _job_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         """The job's events, oldest first, as far back as the queue's event stream goes
         (about the last 10,000 events)."""
         record = await service.find(job_id, queue)
-        client = await service.redis()
-        (entries,) = await arun_many(client, [Queue(record.queue).timeline(job_id)])
+        entries = await arun(await service.redis(), Queue(record.queue).timeline(job_id))
         return [TimelineEntry(event=e, attempt=a, at=t) for e, a, t in entries]
 
 
@@ -588,9 +580,17 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         q = Queue(check_queue(queue))
         client = await service.redis()
         total = await client.zcard(q.failed)
-        ids = await arun_many(client, [q.failed_ids(offset, offset + limit - 1)])
-        records = await arun_many(client, [q.job(i) for i in ids[0]])
+        ids = await arun(client, q.failed_ids(offset, offset + limit - 1))
+        records = await arun_many(client, [q.job(i) for i in ids])
         return FailedPage(total=total, jobs=[view(r) for r in records if r is not None])
+
+    async def change_failed(
+        queue: str, selection: IdSelection, action: Callable[[Queue, list[str]], Op[int]]
+    ) -> Count:
+        ids = _selected(selection)
+        return Count(
+            count=await arun(await service.redis(), action(Queue(check_queue(queue)), ids))
+        )
 
     @api.post("/api/queues/{queue}/failed/retry", response_model=Count, tags=["failed"])
     async def retry_failed(
@@ -599,9 +599,7 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         _: None = authorized,
     ) -> Count:
         """Send failed jobs back to their queue (`ids`, or `all`)."""
-        ids = _selected(selection)
-        q = Queue(check_queue(queue))
-        return Count(count=(await arun_many(await service.redis(), [q.retry_failed(ids)]))[0])
+        return await change_failed(queue, selection, Queue.retry_failed)
 
     @api.post("/api/queues/{queue}/failed/purge", response_model=Count, tags=["failed"])
     async def purge_failed(
@@ -610,9 +608,7 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         _: None = authorized,
     ) -> Count:
         """Delete failed jobs for good (`ids`, or `all`)."""
-        ids = _selected(selection)
-        q = Queue(check_queue(queue))
-        return Count(count=(await arun_many(await service.redis(), [q.purge_failed(ids)]))[0])
+        return await change_failed(queue, selection, Queue.purge_failed)
 
     @api.get("/healthz", tags=["server"])
     async def health() -> dict[str, bool]:

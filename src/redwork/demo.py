@@ -9,11 +9,9 @@ import os
 import random
 import signal
 import subprocess
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 import orjson
 from redis.client import PubSub
@@ -47,19 +45,12 @@ def run_demo(
     seed: int | None,
     console: Console,
 ) -> None:
-    if settings.redis_url:
-        _run(settings, iterations, workers, concurrency, seed, console)
-        return
-    from redwork.server import EmbeddedServer
+    from redwork.server import given_or_private
 
-    with tempfile.TemporaryDirectory(prefix="redwork-demo-") as data_dir:
-        server = EmbeddedServer(Path(data_dir))
-        url = server.ensure_running()
-        console.print(f"embedded Valkey server at {url}")
-        try:
-            _run(settings.replace(redis_url=url), iterations, workers, concurrency, seed, console)
-        finally:
-            server.stop()
+    with given_or_private(settings.redis_url, "redwork-demo-") as url:
+        if not settings.redis_url:
+            console.print(f"embedded Valkey server at {url}")
+        _run(settings.replace(redis_url=url), iterations, workers, concurrency, seed, console)
 
 
 def _run(

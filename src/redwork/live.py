@@ -273,4 +273,3 @@ class DurationTracker:
                 started = self._started.pop((queue, job_id), None)
                 if started is not None:
                     self._observe(queue, outcome, max(0, at - started) / 1000)
-

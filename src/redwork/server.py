@@ -454,3 +454,20 @@ class EmbeddedServer:
                         raise ServerError(f"{self.data_dir} is locked by another process") from None
                     time.sleep(_POLL)
             yield  # closing the file releases the lock
+
+
+@contextlib.contextmanager
+def given_or_private(url: str | None, prefix: str = "redwork-") -> Iterator[str]:
+    """`url` when given; otherwise a private embedded server in a temporary data directory,
+    stopped and deleted afterwards (for demos and examples that must not touch ./.redwork)."""
+    if url:
+        yield url
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as data_dir:
+        server = EmbeddedServer(Path(data_dir))
+        try:
+            yield server.ensure_running()
+        finally:
+            server.stop()
