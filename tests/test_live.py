@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -228,4 +229,30 @@ async def test_progress_reaches_followers_in_order(
     async with httpx.AsyncClient(base_url=api.url) as http:
         job = (await http.get(f"/api/jobs/{sync.id}")).json()
     assert job["progress"] == ["half", 0.5]
+    await app.client.aclose()
+
+
+async def test_a_client_that_leaves_releases_its_subscription_at_once(
+    app: Redwork, spawn_api: Callable[..., ApiProcess]
+) -> None:
+    api = spawn_api(api_ping_interval=60)  # no ping comes to notice the departure
+    handle = tasks.add.enqueue(1, 1)  # no worker: no update comes either
+
+    async def live_clients(http: httpx.AsyncClient) -> float:
+        for line in (await http.get("/metrics")).text.splitlines():
+            if line.startswith("redwork_live_clients "):
+                return float(line.split()[1])
+        raise AssertionError("no redwork_live_clients in /metrics")
+
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        async with websockets.connect(ws_url(api, f"/api/jobs/{handle.id}/ws")) as socket:
+            await socket.recv()
+            assert await live_clients(http) == 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30  # half the ping interval
+        while await live_clients(http) != 0:
+            assert loop.time() < deadline, "the subscription outlived its client"
+    api.proc.terminate()  # nothing holds the server up any more: it exits well within a ping
+    # Uvicorn shuts down, then re-raises the signal it caught, as its exit status.
+    assert await asyncio.to_thread(api.proc.wait, 30) == -signal.SIGTERM
     await app.client.aclose()

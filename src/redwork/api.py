@@ -52,7 +52,7 @@ from redwork.errors import (
     StateConflict,
 )
 from redwork.job import NAME_PATTERN, Envelope, JobRecord
-from redwork.live import DurationTracker, Hub, Overflow, Subscription, job_message
+from redwork.live import DurationTracker, Hub, Overflow, Subscription, encoded, job_message
 from redwork.metrics import Metrics
 from redwork.queue import QUEUES_KEY, Op, Queue, arun, arun_many
 from redwork.registry import alive_workers
@@ -637,7 +637,7 @@ async def _subscribe(
     records = [await service.find(job_id, queue) for job_id in job_ids]
     subscription = service.hub.subscribe((r.queue, r.id) for r in records)
     fresh = await service.hub.records([(r.queue, r.id) for r in records])
-    snapshots = [job_message(r, "snapshot") for r in fresh if r is not None]
+    snapshots: list[dict[str, Any]] = [job_message(r, "snapshot") for r in fresh if r]
     return subscription, snapshots
 
 
@@ -716,7 +716,7 @@ def _live_routes(api: FastAPI, service: Service, settings: Settings) -> None:
                         b"event: "
                         + message["type"].encode()
                         + b"\ndata: "
-                        + orjson.dumps(message)
+                        + encoded(message)
                         + b"\n\n"
                     )
 
@@ -736,20 +736,29 @@ def _live_routes(api: FastAPI, service: Service, settings: Settings) -> None:
             await websocket.close(code=code, reason=str(exc)[:120])
             return
         await websocket.accept()
-        messages = stream.messages()
-        receiving = asyncio.ensure_future(_drain_client(websocket))
-        try:
-            async for message in messages:
-                if receiving.done():
-                    break  # the client went away
-                await websocket.send_text(orjson.dumps(message).decode())
-            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+
+        async def send_all() -> None:
+            messages = stream.messages()
+            try:
+                async for message in messages:
+                    await websocket.send_text(encoded(message).decode())
                 await websocket.close()
-        except (WebSocketDisconnect, RuntimeError):
-            pass
-        finally:
-            receiving.cancel()
-            await messages.aclose()
+            finally:
+                await messages.aclose()
+
+        # Whichever ends first ends the other: a client that leaves releases its
+        # subscription at once, not at the next update or ping (and a server shutting down
+        # does not wait for one).
+        sending = asyncio.ensure_future(send_all())
+        receiving = asyncio.ensure_future(_drain_client(websocket))
+        await asyncio.wait({sending, receiving}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (sending, receiving):
+            task.cancel()
+        for outcome in await asyncio.gather(sending, receiving, return_exceptions=True):
+            if isinstance(outcome, Exception) and not isinstance(
+                outcome, WebSocketDisconnect | RuntimeError
+            ):
+                raise outcome
 
     def stream_of(
         job_ids: list[str] | None, queue: str | None, until_final: bool
@@ -917,7 +926,8 @@ def _dashboard_routes(api: FastAPI, service: Service, settings: Settings, author
     async def metrics(_: None = authorized) -> Response:
         """Prometheus text format: jobs by queue and state, totals, live workers, job
         durations."""
-        body = service.metrics.render(await queues(service), len(await workers(service)))
+        clients = service.hub.clients if service.hub is not None else 0
+        body = service.metrics.render(await queues(service), len(await workers(service)), clients)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

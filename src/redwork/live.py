@@ -53,6 +53,23 @@ JobRef = tuple[str, str]
 """(queue, job id)"""
 
 
+class Update(dict[str, Any]):
+    """A message for clients; its JSON is built once, however many clients it goes to."""
+
+    __slots__ = ("_json",)
+
+    def json(self) -> bytes:
+        try:
+            return self._json
+        except AttributeError:
+            self._json: bytes = orjson.dumps(self)
+            return self._json
+
+
+def encoded(message: dict[str, Any]) -> bytes:
+    return message.json() if isinstance(message, Update) else orjson.dumps(message)
+
+
 class Overflow(Exception):
     """The client fell too far behind and was dropped."""
 
@@ -202,7 +219,7 @@ class Hub:
         if self._on_event is not None:
             self._on_event(event)
         if self._firehose:
-            message = {"type": "event", **event}
+            message = Update(type="event", **event)
             for subscription in self._firehose:
                 subscription.push(message)
         followed = [(queue, job_id) for job_id in jobs if (queue, job_id) in self._by_job]
@@ -218,15 +235,15 @@ class Hub:
             if record is not None:
                 message = job_message(record, kind)
             else:
-                message = {
-                    "type": "job",
-                    "queue": queue,
-                    "id": ref[1],
-                    "event": kind,
-                    "state": STATE_AFTER.get(kind, kind),
-                    "attempt": attempt_of.get(ref[1], 0),
-                    "at": event.get("at"),
-                }
+                message = Update(
+                    type="job",
+                    queue=queue,
+                    id=ref[1],
+                    event=kind,
+                    state=STATE_AFTER.get(kind, kind),
+                    attempt=attempt_of.get(ref[1], 0),
+                    at=event.get("at"),
+                )
                 if kind == "progress":
                     message["progress"] = event.get("progress")
             self._deliver(ref, message)
@@ -236,19 +253,19 @@ class Hub:
             subscription.push(message)
 
 
-def job_message(record: JobRecord, event: str) -> dict[str, Any]:
+def job_message(record: JobRecord, event: str) -> Update:
     """A job's full state as one update: `event` says what prompted it (`snapshot` for
     the state a new subscriber starts from)."""
-    return {
-        "type": "job",
-        "queue": record.queue,
-        "id": record.id,
-        "event": event,
-        "state": record.state.value,
-        "attempt": record.attempt,
-        "at": record.finished_at or record.started_at or record.enqueued_at,
-        "job": record.as_dict(),
-    }
+    return Update(
+        type="job",
+        queue=record.queue,
+        id=record.id,
+        event=event,
+        state=record.state.value,
+        attempt=record.attempt,
+        at=record.finished_at or record.started_at or record.enqueued_at,
+        job=record.as_dict(),
+    )
 
 
 class DurationTracker:

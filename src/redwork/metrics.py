@@ -33,9 +33,10 @@ class QueueCounts(Protocol):
 
 
 class _Snapshot(Collector):
-    def __init__(self, queues: Sequence[QueueCounts], workers: int) -> None:
+    def __init__(self, queues: Sequence[QueueCounts], workers: int, live_clients: int) -> None:
         self.queues = queues
         self.workers = workers
+        self.live_clients = live_clients
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(
@@ -53,6 +54,11 @@ class _Snapshot(Collector):
         yield jobs
         yield totals
         yield GaugeMetricFamily("redwork_workers", "Live workers", value=self.workers)
+        yield GaugeMetricFamily(
+            "redwork_live_clients",
+            "Clients of this API process following live updates",
+            value=self.live_clients,
+        )
 
 
 class Metrics:
@@ -69,7 +75,7 @@ class Metrics:
     def observe_duration(self, queue: str, outcome: str, seconds: float) -> None:
         self._durations.labels(queue, outcome).observe(seconds)
 
-    def render(self, queues: Iterable[QueueCounts], workers: int) -> bytes:
+    def render(self, queues: Iterable[QueueCounts], workers: int, live_clients: int) -> bytes:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_Snapshot(list(queues), workers))
+        registry.register(_Snapshot(list(queues), workers, live_clients))
         return generate_latest(registry) + generate_latest(self._registry)
