@@ -142,6 +142,9 @@ def test_overview_and_job_page_follow_a_job_live(
     expect(job_field(page, "attempt")).to_have_text("1 of 1")
     expect(job_field(page, "worker")).not_to_have_text("")
     expect(page.locator("#job-cancel")).to_be_disabled()
+    # The timeline grew live too: what it showed at first, then the run.
+    expect(page.locator("#job-timeline li").last).to_contain_text("completed (attempt 1)")
+    expect(page.locator("#job-timeline li", has_text="active (attempt 1)")).to_have_count(1)
     assert page.evaluate("window.notReloaded") is True
     # The server ends the job's stream after its final state; the page closes it rather
     # than let EventSource reconnect every few seconds.

@@ -182,6 +182,7 @@ function renderJob(job) {
     ["attempt", `${job.attempt} of ${text(job.max_attempts)}`], ["worker", job.worker],
     ["enqueued", when(job.enqueued_at)], ["started", when(job.started_at)],
     ["finished", when(job.finished_at)], ["reason", job.reason],
+    ["progress", job.progress === null || job.progress === undefined ? "" : JSON.stringify(job.progress)],
   ];
   for (const [name, value] of shown) {
     const dt = document.createElement("dt");
@@ -220,13 +221,8 @@ async function showJob(queue, id) {
   }
   renderJob(job);
   const timeline = await call("GET", `/api/jobs/${job.id}/timeline?queue=${encodeURIComponent(job.queue)}`);
-  const list = $("#job-timeline");
-  list.replaceChildren();
-  for (const entry of timeline) {
-    const item = document.createElement("li");
-    item.textContent = `${new Date(entry.at).toLocaleTimeString()} ${entry.event} (attempt ${entry.attempt})`;
-    list.append(item);
-  }
+  $("#job-timeline").replaceChildren();
+  for (const entry of timeline) addToTimeline(entry);
   if (jobStream) jobStream.close();
   const stream = new EventSource(`/api/jobs/${job.id}/events?queue=${encodeURIComponent(job.queue)}`);
   jobStream = stream;
@@ -235,9 +231,21 @@ async function showJob(queue, id) {
     // The server ends the stream after a final state: close it, or EventSource would
     // reconnect every few seconds for as long as the page stays open.
     if (FINAL_STATES.includes(update.state)) stream.close();
-    if (update.job) renderJob(update.job);
-    else showJob(update.queue, update.id);
+    if (update.event !== "snapshot") addToTimeline(update);
+    if (update.job) {
+      job = update.job;
+    } else {
+      job = { ...job, state: update.state, attempt: update.attempt };
+      if ("progress" in update) job.progress = update.progress;
+    }
+    renderJob(job);
   });
+}
+
+function addToTimeline(entry) {
+  const item = document.createElement("li");
+  item.textContent = `${new Date(entry.at).toLocaleTimeString()} ${entry.event} (attempt ${entry.attempt})`;
+  $("#job-timeline").append(item);
 }
 
 // -- routing ----------------------------------------------------------------------------
