@@ -366,3 +366,9 @@ def test_invalid_settings_of_an_app_raise_configuration_error() -> None:
 def test_non_finite_lease_raises_configuration_error(value: str) -> None:
     with pytest.raises(ConfigurationError):
         Settings.load(env={"REDWORK_LEASE": value})
+
+
+async def test_concurrent_first_calls_share_one_async_connection_pool(app: Redwork) -> None:
+    clients = await asyncio.gather(*(app.client.aredis() for _ in range(50)))
+    assert len({id(c) for c in clients}) == 1
+    await app.client.aclose()

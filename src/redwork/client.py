@@ -47,6 +47,7 @@ class Client:
         self._url: str | None = None
         self._sync: Redis | None = None
         self._async: AsyncRedis | None = None
+        self._async_connecting = asyncio.Lock()
         self._queues: dict[str, Queue] = {}
         self._known_queues: set[str] = set()
         self._lock = threading.Lock()
@@ -130,10 +131,19 @@ class Client:
 
     async def aredis(self) -> AsyncRedis:
         if self._async is None:
-            url = await asyncio.to_thread(lambda: self.url) if self._url is None else self._url
-            client = connection.async_client(url, self.settings)
-            connection.check_server(await self._aretrying(client.info, "connect"))
-            self._async = client
+            # Callers arriving together while the first connects wait for its client
+            # rather than each opening one (and all but the last leaking).
+            async with self._async_connecting:
+                if self._async is None:
+                    url = self._url or await asyncio.to_thread(lambda: self.url)
+                    assert url is not None
+                    client = connection.async_client(url, self.settings)
+                    try:
+                        connection.check_server(await self._aretrying(client.info, "connect"))
+                    except BaseException:
+                        await client.aclose()
+                        raise
+                    self._async = client
         return self._async
 
     async def arun(self, op: Op[Any]) -> Any:
@@ -181,6 +191,7 @@ class Client:
         if self._async is not None:
             await self._async.aclose()
             self._async = None
+        self._async_connecting = asyncio.Lock()  # the next loop to use this client gets its own
 
     # -- shared -----------------------------------------------------------------------
 
