@@ -28,14 +28,11 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import platform  # noqa: E402
 import resource  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from array import array  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from dataclasses import asdict, dataclass  # noqa: E402
 from importlib import metadata  # noqa: E402
 from typing import Any  # noqa: E402
@@ -50,6 +47,8 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import redis  # noqa: E402
 
+from bench.run import BenchError, _no_nan, log, proc_cpu, running_server  # noqa: E402
+from bench.run import machine as run_machine  # noqa: E402
 from bench.tasks import app, noop  # noqa: E402
 from redwork.queue import Queue  # noqa: E402
 from redwork.server import ServerProcess, free_port  # noqa: E402
@@ -61,23 +60,6 @@ STOP_TIMEOUT = 5.0
 STOP_JOB = "bench-http-stop"  # the last job of a delay run: clients stop once it completed
 DELAY_TARGET_MS = 50.0  # p99 at 1,000 subscribers
 DEFAULT_RUNS = "1,100,1000,1000@1"
-
-
-class BenchError(Exception):
-    pass
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def proc_cpu(pid: int | None) -> float:
-    """CPU seconds (user + system) a process has used so far; NaN where /proc is missing."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return math.nan
 
 
 def sched_wait(pid: int | None) -> float:
@@ -585,42 +567,20 @@ def update_delay(b: Bench, subscribers: int, rate: int) -> dict[str, Any]:
 
 
 def machine(b: Bench) -> dict[str, Any]:
-    server = b.r.info("server")
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-
-    def version(dist: str) -> str | None:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return None
-
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return ""
-
+    """bench/run.py's description of the machine, with what the HTTP side runs on."""
+    packages = ("fastapi", "starlette", "uvicorn", "websockets", "httpx")
     return {
-        "cores": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "cpu": cpu,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "server": f"Valkey {server.get('valkey_version', server.get('redis_version'))}",
-        "packages": {
-            d: version(d) for d in ("fastapi", "starlette", "uvicorn", "websockets", "httpx")
-        },
-        "git": git("rev-parse", "--short", "HEAD"),
-        "src_modified": bool(git("status", "--porcelain", "--", "src")),
+        **run_machine(b),  # type: ignore[arg-type]  # it reads b.r only
+        "packages": {name: _version(name) for name in packages},
         "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
     }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def render(info: dict[str, Any], config: Config, results: dict[str, Any]) -> str:
@@ -674,16 +634,6 @@ def render(info: dict[str, Any], config: Config, results: dict[str, Any]) -> str
     return "\n".join(lines)
 
 
-def _no_nan(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_no_nan(v) for v in value]
-    return value
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -722,17 +672,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         parser.error(f"--subscribers takes N or N@RATE items, e.g. {DEFAULT_RUNS}")
     return args
-
-
-@contextlib.contextmanager
-def running_server() -> Iterator[tuple[ServerProcess, Path]]:
-    with tempfile.TemporaryDirectory(prefix="redwork-bench-http-") as tmp:
-        server = ServerProcess(Path(tmp) / "valkey", fsync="everysec")
-        server.start()
-        try:
-            yield server, Path(tmp)
-        finally:
-            server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
