@@ -255,14 +255,24 @@ class Service:
 
     async def find(self, job_id: str, queue: str | None) -> JobRecord:
         """The job, looked up in `queue`, or in every known queue when not given."""
-        check_job_id(job_id)
+        return (await self.find_many([job_id], queue))[0]
+
+    async def find_many(self, job_ids: list[str], queue: str | None) -> list[JobRecord]:
+        """`find` for several jobs, in one pipelined round trip."""
+        for job_id in job_ids:
+            check_job_id(job_id)
         queues = [check_queue(queue)] if queue else await self.queue_names()
-        records = await arun_many(await self.redis(), [Queue(q).job(job_id) for q in queues])
-        for record in records:
-            if record is not None:
-                return record
-        where = f"queue {queue}" if queue else "any queue"
-        raise JobNotFound(f"no job {job_id} in {where} (it never existed, or it expired)")
+        ops = [Queue(q).job(job_id) for job_id in job_ids for q in queues]
+        records = iter(await arun_many(await self.redis(), ops))
+        found = []
+        for job_id in job_ids:
+            candidates = [next(records) for _ in queues]
+            record = next((r for r in candidates if r is not None), None)
+            if record is None:
+                where = f"queue {queue}" if queue else "any queue"
+                raise JobNotFound(f"no job {job_id} in {where} (it never existed, or it expired)")
+            found.append(record)
+        return found
 
     def envelope(self, submission: JobSubmission, idempotency_key: str | None) -> Envelope:
         task = self.app.get_task(submission.task)
@@ -634,7 +644,7 @@ async def _subscribe(
     assert service.hub is not None
     if job_ids is None:
         return service.hub.subscribe(None), []
-    records = [await service.find(job_id, queue) for job_id in job_ids]
+    records = await service.find_many(job_ids, queue)
     subscription = service.hub.subscribe((r.queue, r.id) for r in records)
     fresh = await service.hub.records([(r.queue, r.id) for r in records])
     snapshots: list[dict[str, Any]] = [job_message(r, "snapshot") for r in fresh if r]
