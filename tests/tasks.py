@@ -10,7 +10,7 @@ import sqlite3
 import time
 from typing import Any
 
-from redwork import LeaseLost, Redwork, current_job
+from redwork import JobFailed, LeaseLost, Redwork, current_job
 
 app = Redwork("tests")
 
@@ -240,3 +240,22 @@ async def progress_steps(steps: int) -> int:
 @app.task(name="sync_progress")
 def sync_progress(value: Any) -> None:
     app.report_progress(value)
+
+
+@app.task(name="total")
+async def total(values: list[int], plus: int = 0) -> int:
+    return sum(values) + plus
+
+
+@app.task(name="outcomes")
+async def outcomes(results: list[Any]) -> list[str]:
+    """What a collecting callback was given: each result, or the failed job's id."""
+    return [f"failed:{r.job_id}" if isinstance(r, JobFailed) else repr(r) for r in results]
+
+
+@app.task(name="needs_file")
+async def needs_file(value: Any, path: str) -> Any:
+    """Fails until `path` exists (a failure a person fixes, then retries the job)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(path)
+    return value

@@ -1,6 +1,6 @@
 """redwork: a reliable, fast job queue and worker system for Python on Redis and Valkey."""
 
-from redwork.app import JobHandle, Redwork, Task
+from redwork.app import JobHandle, Redwork, Task, WorkflowHandle
 from redwork.context import JobContext, current_job
 from redwork.errors import (
     JobCancelled,
@@ -13,11 +13,14 @@ from redwork.errors import (
     ResultTimeout,
     SerializationError,
     StateConflict,
+    WorkflowError,
+    WorkflowNotFound,
 )
 from redwork.job import JobState
 from redwork.settings import Settings
 from redwork.state import StagedState, StateItem, StateStore
 from redwork.worker import Worker
+from redwork.workflow import Ref, Workflow, WorkflowRecord, WorkflowStatus, chain, chord, group
 
 __version__ = "0.1.0"
 
@@ -33,6 +36,7 @@ __all__ = [
     "PayloadTooLarge",
     "Redwork",
     "RedworkError",
+    "Ref",
     "ResultTimeout",
     "SerializationError",
     "Settings",
@@ -42,5 +46,14 @@ __all__ = [
     "StateStore",
     "Task",
     "Worker",
+    "Workflow",
+    "WorkflowError",
+    "WorkflowHandle",
+    "WorkflowNotFound",
+    "WorkflowRecord",
+    "WorkflowStatus",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

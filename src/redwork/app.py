@@ -27,6 +27,7 @@ from redwork.queue import Op
 from redwork.scripts import Code
 from redwork.settings import Settings
 from redwork.state import StateStore
+from redwork.workflow import Item, WorkflowRecord, WorkflowStatus, plan
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,6 +67,47 @@ class JobHandle:
 
     async def acancel(self) -> None:
         await self.client.acancel(self.queue, self.id)
+
+
+@dataclass(slots=True)
+class WorkflowHandle:
+    """A workflow that was submitted: its status and nodes, its result, cancel it."""
+
+    client: Client
+    queue: str
+    id: str
+
+    def info(self) -> WorkflowRecord:
+        return self.client.workflow(self.queue, self.id)
+
+    def status(self) -> WorkflowStatus:
+        return self.info().status
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the workflow to end; the result of its last job (of each of its last
+        jobs, as a list, when several end it), or JobFailed. ResultTimeout past
+        `timeout`."""
+        return self.client.wait_workflow(self.queue, self.id, timeout).result()
+
+    def cancel(self) -> int:
+        """Cancel every job that has not started (jobs running finish, releasing
+        nothing); returns how many were cancelled."""
+        return self.client.cancel_workflow(self.queue, self.id)
+
+    def job(self, job_id: str) -> JobHandle:
+        return JobHandle(self.client, self.queue, job_id)
+
+    async def ainfo(self) -> WorkflowRecord:
+        return await self.client.aworkflow(self.queue, self.id)
+
+    async def astatus(self) -> WorkflowStatus:
+        return (await self.ainfo()).status
+
+    async def aresult(self, timeout: float | None = None) -> Any:
+        return (await self.client.await_workflow(self.queue, self.id, timeout)).result()
+
+    async def acancel(self) -> int:
+        return await self.client.acancel_workflow(self.queue, self.id)
 
 
 @dataclass(frozen=True)
@@ -129,6 +171,11 @@ class Task(Generic[P, R]):
             ),
             meta=o.meta or {},
         )
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Envelope:
+        """A job of this task for a workflow (chain, group, chord, Workflow.add); in a
+        chain, the previous step's result comes before these arguments."""
+        return self.prepare(*args, **kwargs)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         return self.app.enqueue_many([self.prepare(*args, **kwargs)])[0]
@@ -229,6 +276,38 @@ class Redwork:
 
     def job(self, job_id: str, queue: str = "default") -> JobHandle:
         return JobHandle(self.client, queue, job_id)
+
+    def submit(
+        self,
+        workflow: Item,
+        *,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        name: str = "",
+    ) -> WorkflowHandle:
+        """Submit a workflow (a chain, group, chord or Workflow) in one atomic call.
+
+        Its jobs run in one queue: `queue`, else the one they all name. A cycle, an
+        unknown dependency or jobs of different queues raise WorkflowError, storing
+        nothing; a workflow_id that exists adds nothing (a safe retry)."""
+        checked = plan(workflow, workflow_id, queue, self.settings.max_payload)
+        self.client.submit_workflow(checked, name)
+        return WorkflowHandle(self.client, checked.queue, checked.id)
+
+    async def asubmit(
+        self,
+        workflow: Item,
+        *,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        name: str = "",
+    ) -> WorkflowHandle:
+        checked = plan(workflow, workflow_id, queue, self.settings.max_payload)
+        await self.client.asubmit_workflow(checked, name)
+        return WorkflowHandle(self.client, checked.queue, checked.id)
+
+    def workflow(self, workflow_id: str, queue: str = "default") -> WorkflowHandle:
+        return WorkflowHandle(self.client, queue, workflow_id)
 
     def report_progress(self, progress: Any) -> None:
         """From a running task: record how far it has got (any JSON value, e.g.

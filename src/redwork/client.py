@@ -10,19 +10,41 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from redwork import connection
-from redwork.errors import JobCancelled, JobFailed, JobNotFound, NotCancellable, ResultTimeout
+from redwork.errors import (
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    NotCancellable,
+    ResultTimeout,
+    WorkflowError,
+    WorkflowNotFound,
+)
 from redwork.job import Envelope, JobRecord, JobState
 from redwork.queue import QUEUES_KEY, NewJob, Op, Queue, arun, arun_many, run, run_many
 from redwork.scripts import Code
 from redwork.settings import Settings
+from redwork.workflow import Plan, WorkflowRecord
 
 T = TypeVar("T")
+
+
+class _Ends(Protocol):
+    """A record that can be waited for: a job's, or a workflow's."""
+
+    @property
+    def is_final(self) -> bool: ...
+
+    @property
+    def status_text(self) -> str: ...
+
+
+_Ending = TypeVar("_Ending", bound=_Ends)
 log = logging.getLogger("redwork.client")
 # Jobs per enqueue script call: large enough to amortise the round trip, small enough
 # not to hold the server for more than a few milliseconds.
@@ -94,12 +116,20 @@ class Client:
         return record
 
     def wait(self, queue: str, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Block until the job is completed or failed; listens on the job's channel
-        rather than polling."""
-        deadline = _Deadline(job_id, timeout, time.monotonic)
+        """Block until the job has ended (completed, failed, cancelled or skipped);
+        listens on the job's channel rather than polling."""
+        return self._wait_until_final(
+            self.queue(queue).job_channel(job_id),
+            partial(self.job, queue, job_id),
+            _Deadline(f"job {job_id}", timeout, time.monotonic),
+        )
+
+    def _wait_until_final(
+        self, channel: str, read: Callable[[], _Ending], deadline: _Deadline
+    ) -> _Ending:
         pubsub = self.redis().pubsub()  # type: ignore[no-untyped-call]
         try:
-            pubsub.subscribe(self.queue(queue).job_channel(job_id))
+            pubsub.subscribe(channel)
             # The subscription must be in force before the state is read: an end published
             # in between would otherwise be missed.
             while not _confirms_subscription(
@@ -107,10 +137,10 @@ class Client:
             ):
                 pass
             while True:
-                record = self.job(queue, job_id)
-                if record.state.is_final:
+                record = read()
+                if record.is_final:
                     return record
-                pubsub.get_message(timeout=deadline.next_wait(record))
+                pubsub.get_message(timeout=deadline.next_wait(record.status_text))
         finally:
             pubsub.close()
 
@@ -121,6 +151,35 @@ class Client:
         """Withdraw a job that has not started; NotCancellable once it has, JobNotFound
         if there is no such job."""
         _cancelled(job_id, self.run(self._cancel(queue, job_id)))
+
+    def submit_workflow(self, plan: Plan, name: str = "") -> None:
+        """Store a checked workflow (see redwork.workflow.plan); submitting one whose id
+        exists adds nothing."""
+        if plan.queue not in self._known_queues:
+            self.redis().sadd(QUEUES_KEY, plan.queue)
+            self._known_queues.add(plan.queue)
+        op = self._submit(plan, name)
+        _submitted(plan, self._retrying(partial(self.run, op), "submit a workflow"))
+
+    def workflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
+        return _workflow_found(
+            queue, workflow_id, self.run(self.queue(queue).workflow(workflow_id))
+        )
+
+    def wait_workflow(
+        self, queue: str, workflow_id: str, timeout: float | None = None
+    ) -> WorkflowRecord:
+        """Block until the workflow has ended (it publishes its status on its key)."""
+        return self._wait_until_final(
+            self.queue(queue).workflow_key(workflow_id),
+            partial(self.workflow, queue, workflow_id),
+            _Deadline(f"workflow {workflow_id}", timeout, time.monotonic),
+        )
+
+    def cancel_workflow(self, queue: str, workflow_id: str) -> int:
+        """Cancel every job of the workflow that has not started; returns how many.
+        NotCancellable once it has ended, WorkflowNotFound if there is none."""
+        return _workflow_cancelled(workflow_id, self.run(self._cancel_workflow(queue, workflow_id)))
 
     def close(self) -> None:
         if self._sync is not None:
@@ -165,19 +224,27 @@ class Client:
 
     async def await_job(self, queue: str, job_id: str, timeout: float | None = None) -> JobRecord:
         """The async twin of wait()."""
+        return await self._await_until_final(
+            self.queue(queue).job_channel(job_id),
+            partial(self.ajob, queue, job_id),
+            _Deadline(f"job {job_id}", timeout, asyncio.get_running_loop().time),
+        )
+
+    async def _await_until_final(
+        self, channel: str, read: Callable[[], Awaitable[_Ending]], deadline: _Deadline
+    ) -> _Ending:
         client = await self.aredis()
         pubsub = client.pubsub()
-        deadline = _Deadline(job_id, timeout, asyncio.get_running_loop().time)
         try:
-            await pubsub.subscribe(self.queue(queue).job_channel(job_id))
+            await pubsub.subscribe(channel)
             wait = self.settings.socket_timeout
             while not _confirms_subscription(await pubsub.get_message(timeout=wait)):
                 pass
             while True:
-                record = await self.ajob(queue, job_id)
-                if record.state.is_final:
+                record = await read()
+                if record.is_final:
                     return record
-                await pubsub.get_message(timeout=deadline.next_wait(record))
+                await pubsub.get_message(timeout=deadline.next_wait(record.status_text))
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
@@ -186,6 +253,31 @@ class Client:
 
     async def acancel(self, queue: str, job_id: str) -> None:
         _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
+
+    async def asubmit_workflow(self, plan: Plan, name: str = "") -> None:
+        client = await self.aredis()
+        if plan.queue not in self._known_queues:
+            await client.sadd(QUEUES_KEY, plan.queue)
+            self._known_queues.add(plan.queue)
+        op = self._submit(plan, name)
+        _submitted(plan, await self._aretrying(partial(arun, client, op), "submit a workflow"))
+
+    async def aworkflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
+        reply = await self.arun(self.queue(queue).workflow(workflow_id))
+        return _workflow_found(queue, workflow_id, reply)
+
+    async def await_workflow(
+        self, queue: str, workflow_id: str, timeout: float | None = None
+    ) -> WorkflowRecord:
+        return await self._await_until_final(
+            self.queue(queue).workflow_key(workflow_id),
+            partial(self.aworkflow, queue, workflow_id),
+            _Deadline(f"workflow {workflow_id}", timeout, asyncio.get_running_loop().time),
+        )
+
+    async def acancel_workflow(self, queue: str, workflow_id: str) -> int:
+        reply = await self.arun(self._cancel_workflow(queue, workflow_id))
+        return _workflow_cancelled(workflow_id, reply)
 
     async def aclose(self) -> None:
         if self._async is not None:
@@ -204,6 +296,14 @@ class Client:
 
     def _cancel(self, queue: str, job_id: str) -> Op[list[Code | str]]:
         return self.queue(queue).cancel([job_id], self.settings.result_ttl)
+
+    def _submit(self, plan: Plan, name: str) -> Op[Code | str]:
+        return self.queue(plan.queue).submit_workflow(
+            plan.id, name, self.settings.result_ttl, plan.nodes
+        )
+
+    def _cancel_workflow(self, queue: str, workflow_id: str) -> Op[int | str]:
+        return self.queue(queue).cancel_workflow(workflow_id, self.settings.result_ttl)
 
     def _plan_enqueue(self, envelopes: Sequence[Envelope]) -> _EnqueuePlan:
         """Encode every job first: a batch with one bad job stores nothing."""
@@ -250,16 +350,16 @@ class _EnqueuePlan:
 class _Deadline:
     """How long a result wait may still block, in pieces of at most a minute."""
 
-    def __init__(self, job_id: str, timeout: float | None, clock: Callable[[], float]) -> None:
-        self.job_id, self.timeout, self.clock = job_id, timeout, clock
+    def __init__(self, what: str, timeout: float | None, clock: Callable[[], float]) -> None:
+        self.what, self.timeout, self.clock = what, timeout, clock
         self.at = None if timeout is None else clock() + timeout
 
-    def next_wait(self, record: JobRecord) -> float:
+    def next_wait(self, status: str) -> float:
         if self.at is None:
             return 60.0
         remaining = self.at - self.clock()
         if remaining <= 0:
-            raise ResultTimeout(f"job {self.job_id} is still {record.state} after {self.timeout}s")
+            raise ResultTimeout(f"{self.what} is still {status} after {self.timeout}s")
         return min(remaining, 60.0)
 
 
@@ -283,3 +383,27 @@ def _cancelled(job_id: str, replies: list[Code | str]) -> None:
         raise NotCancellable(
             f"job {job_id} is {reply}: only a job that has not started can be cancelled"
         )
+
+
+def _submitted(plan: Plan, reply: Code | str) -> None:
+    if reply is Code.DUPLICATE:
+        log.info("workflow %s exists already; not submitted again", plan.id)
+    elif isinstance(reply, str):
+        raise WorkflowError(f"job {reply} exists already: a workflow's job ids must be new")
+
+
+def _workflow_found(queue: str, workflow_id: str, reply: list[Any]) -> WorkflowRecord:
+    record = WorkflowRecord.parse(queue, workflow_id, reply)
+    if record is None:
+        raise WorkflowNotFound(f"no workflow {workflow_id} in queue {queue}")
+    return record
+
+
+def _workflow_cancelled(workflow_id: str, reply: int | str) -> int:
+    if reply == "unknown":
+        raise WorkflowNotFound(f"no workflow {workflow_id}")
+    if isinstance(reply, str):
+        raise NotCancellable(
+            f"workflow {workflow_id} is {reply}: only a pending or running one can be cancelled"
+        )
+    return reply

@@ -79,3 +79,12 @@ class StateConflict(RedworkError):
 class LeaseLost(RedworkError):
     """A running job wrote state after its lease was lost: another delivery owns the job
     now, so the write was refused (fencing)."""
+
+
+class WorkflowError(RedworkError):
+    """A workflow cannot be submitted as given (a cycle, an unknown dependency, jobs in
+    different queues...); nothing was stored."""
+
+
+class WorkflowNotFound(RedworkError):
+    """No workflow with that id exists (it never did, or it expired after ending)."""

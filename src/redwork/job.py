@@ -21,16 +21,25 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class JobState(StrEnum):
+    PENDING = "pending"
+    """A workflow's node waiting for its dependencies."""
     WAITING = "waiting"
     ACTIVE = "active"
     DELAYED = "delayed"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    """A workflow's node that never ran: a dependency of it did not succeed."""
 
     @property
     def is_final(self) -> bool:
-        return self in (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED)
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset(
+    (JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED, JobState.SKIPPED)
+)
 
 
 class FailureReason(StrEnum):
@@ -279,6 +288,14 @@ class JobRecord:
             key=text("key"),
             progress=fields.get(b"progress"),
         )
+
+    @property
+    def is_final(self) -> bool:
+        return self.state.is_final
+
+    @property
+    def status_text(self) -> str:
+        return self.state.value
 
     @property
     def envelope(self) -> Envelope | None:

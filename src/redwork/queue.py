@@ -135,6 +135,8 @@ class Delivery:
     token: int
     attempt: int
     data: bytes
+    inputs: bytes = b""
+    """For a workflow's node given its dependencies' results: their JSON array."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,21 @@ class NewJob:
     key: str | None = None
     """Per-key ordering: jobs of one key run one at a time, in enqueue order."""
     idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowNode:
+    """A job of a workflow, as stored: its dependencies (needs) and dependants (next)."""
+
+    id: str
+    data: bytes
+    key: str | None
+    needs: Sequence[str]
+    next: Sequence[str]
+    passes_results: bool
+    """Given its dependencies' results (see docs/workflows.md)."""
+    collects: bool
+    """Runs even when a dependency did not succeed, given its error instead."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +256,7 @@ class Queue:
         self.wait, self.active, self.delayed = p + "wait", p + "active", p + "delayed"
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
+        self.workflows = p + "workflows"
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -257,9 +275,14 @@ class Queue:
         def parse(reply: list[Any]) -> Fetched:
             deliveries = [
                 Delivery(
-                    self.name, text(reply[i]), int(reply[i + 1]), int(reply[i + 2]), reply[i + 3]
+                    self.name,
+                    text(reply[i]),
+                    int(reply[i + 1]),
+                    int(reply[i + 2]),
+                    reply[i + 3],
+                    reply[i + 4],
                 )
-                for i in range(1, len(reply), 4)
+                for i in range(1, len(reply), 5)
             ]
             return Fetched(deliveries, None if reply[0] == -1 else int(reply[0]))
 
@@ -398,6 +421,54 @@ class Queue:
 
         keys = (self.wait, self.active, self.delayed, self.failed, self.stats, self.held)
         return Op(parse, load("counts"), keys, ())
+
+    def submit_workflow(
+        self, workflow_id: str, name: str, ttl: int, nodes: Iterable[WorkflowNode]
+    ) -> Op[Code | str]:
+        """Replies OK, DUPLICATE (the workflow exists), or the id of a node that exists
+        already as a job."""
+        args: list[str | bytes | int] = [self.prefix, self.name, workflow_id, name, ttl]
+        for n in nodes:
+            args += (
+                n.id,
+                n.data,
+                n.key or "",
+                ",".join(n.needs),
+                ",".join(n.next),
+                "1" if n.passes_results else "",
+                "1" if n.collects else "",
+            )
+        keys = (self.wait, self.marker, self.events, self.stats, self.workflows)
+        return Op(
+            lambda r: _CODES[r] if isinstance(r, int) else text(r),
+            load("workflow_submit"),
+            keys,
+            args,
+        )
+
+    def cancel_workflow(self, workflow_id: str, ttl: int) -> Op[int | str]:
+        """Replies the number of nodes cancelled, or the status of a workflow that had
+        ended already ('unknown' if there is none)."""
+        keys = (self.wait, self.delayed, self.marker, self.events, self.stats)
+        return Op(
+            lambda r: r if isinstance(r, int) else text(r),
+            load("workflow_cancel"),
+            keys,
+            (self.prefix, self.name, workflow_id, ttl),
+        )
+
+    def workflow(self, workflow_id: str) -> Op[list[Any]]:
+        """The raw view of workflow_read.lua ([] when there is no such workflow)."""
+        return Op(list, load("workflow_read"), (self.workflow_key(workflow_id),), (self.prefix,))
+
+    def workflow_key(self, workflow_id: str) -> str:
+        return f"{self.prefix}wf:{workflow_id}"
+
+    def workflow_ids(self, start: int = 0, stop: int = -1) -> Op[list[str]]:
+        """Workflows, newest first (some may have expired since)."""
+        return Op(
+            lambda r: [text(i) for i in r], command=("ZREVRANGE", self.workflows, start, stop)
+        )
 
     def completed_per_minute(self, minutes: Sequence[int]) -> Op[list[int]]:
         keys = [f"{self.prefix}done:{m}" for m in minutes]

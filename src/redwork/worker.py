@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import os
@@ -33,6 +34,7 @@ from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun
 from redwork.registry import Registration
 from redwork.reporter import Reporter
 from redwork.settings import Settings
+from redwork.workflow import node_inputs
 
 log = logging.getLogger("redwork.worker")
 T = TypeVar("T")
@@ -307,7 +309,10 @@ class Worker:
         delivery = running.delivery
         try:
             call = running.call = Call.decode(delivery.data)
-        except ValueError as exc:
+            if delivery.inputs:  # a workflow's node given its dependencies' results
+                inputs = node_inputs(call.document, delivery.inputs)
+                call = dataclasses.replace(call, args=inputs + call.args)
+        except ValueError as exc:  # orjson.JSONDecodeError included
             return _Failed(FailureReason.DECODE_ERROR, f"cannot decode the job: {exc}")
         try:
             task = self.app.get_task(call.task)

@@ -39,6 +39,8 @@ def _read(relative: str) -> str:
 
 @cache
 def load(name: str) -> Script:
-    """The script `name`.lua with its includes expanded."""
-    source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}.lua"), _read(f"{name}.lua"))
+    """The script `name`.lua with its includes expanded (includes may include others)."""
+    source = _read(f"{name}.lua")
+    while _INCLUDE.search(source):
+        source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}.lua"), source)
     return Script(name, source, hashlib.sha1(source.encode()).hexdigest())

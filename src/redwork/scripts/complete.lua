@@ -12,6 +12,8 @@ ARGV[1] prefix    ARGV[2] queue
 ARGV[3] ttl       seconds a completed job and its result are kept
 ARGV[4..]         quadruples: job id, fencing token, result (JSON), effects: '' or
                   JSON {"writes": [[op, key, value, etag], ...], "retry_in": ms}
+A workflow's node releases the nodes that depend on it in the same step (see
+includes/workflow.lua).
 Returns one code per job: OK, LEASE_LOST (fenced: another delivery owns the job,
 nothing is written), ALREADY_DONE (this delivery was already recorded) or CONFLICT (an
 etag did not match, or a key holds something else than a state entry: nothing is
@@ -28,7 +30,7 @@ local fenced, conflicts, retried, dead = 0, 0, 0, 0
 for i = 4, #ARGV, 4 do
   local id = ARGV[i]
   local key = q.prefix .. 'job:' .. id
-  local code, attempt = check_lease(key, ARGV[i + 1])
+  local code, attempt, wid = check_lease(key, ARGV[i + 1])
   local effects = code == OK and ARGV[i + 3] ~= '' and cjson.decode(ARGV[i + 3])
   if effects then
     local bad, version, kind = check_state(effects.writes)
@@ -54,12 +56,16 @@ for i = 4, #ARGV, 4 do
   end
   if code == OK then
     redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished_at', now)
-    redis.call('EXPIRE', key, ttl)
     release_key(q, id)
     done[#done + 1] = id
     ended[#ended + 1] = id
     note('completed', id, attempt)
     announce_end(q.prefix, id, 'completed')
+    if wid then
+      node_ended(q, wid, id, 'succeeded', now)  -- kept as long as its workflow
+    else
+      redis.call('EXPIRE', key, ttl)
+    end
   elseif code == LEASE_LOST then
     fenced = fenced + 1
   end

@@ -13,7 +13,9 @@ ARGV[4] lease_ms  lease length
 ARGV[5] worker    worker id, recorded on the job
 ARGV[6] max_bytes largest job document the worker will download
 Returns { ms until the next delayed job is due (0 if overdue) or -1 when none,
-          id1, token1, attempt1, data1, id2, ... }.
+          id1, token1, attempt1, data1, inputs1, id2, ... }; inputs is '' or, for a
+          workflow's node given its dependencies' results, their JSON array.
+The first node of a workflow to start sets the workflow running.
 An entry of the wait list that is not a known job id, or a document over max_bytes,
 goes to the failed store here, without being sent to the worker. A job that has lost
 its worker before is delivered alone.
@@ -51,8 +53,8 @@ while i <= #ids do
   local id = ids[i]
   local key = prefix .. 'job:' .. id
   local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
-  local job = valid_id and redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses')
-    or { false }
+  local job = valid_id and
+    redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses', 'inputs', 'wf') or { false }
   if not job[1] then
     -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
     -- '@' cannot start a job id, so this name never collides with a real job.
@@ -81,6 +83,14 @@ while i <= #ids do
     out[#out + 1] = token
     out[#out + 1] = attempt
     out[#out + 1] = job[1]
+    out[#out + 1] = job[5] or ''
+    if job[6] then
+      local wf_key = prefix .. 'wf:' .. job[6]
+      if redis.call('HGET', wf_key, 'status') == 'pending' then
+        redis.call('HSET', wf_key, 'status', 'running', 'started_at', now)
+        note('workflow_running', job[6], 0)
+      end
+    end
     if suspect then
       i = i + 1
       break

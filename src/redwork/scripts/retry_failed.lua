@@ -1,6 +1,7 @@
 --[[ retry_failed: send jobs from the failed store back to the queue (failed -> waiting),
 with a fresh attempt budget. Their last error stays on the job until it runs again.
-A keyed job whose key has a head in circulation waits first in its key's line.
+A keyed job whose key has a head in circulation waits first in its key's line. A
+workflow's node reopens its workflow: the nodes it had skipped wait for it again.
 KEYS[1] wait      LIST of waiting job ids
 KEYS[2] failed    ZSET of failed job ids
 KEYS[3] marker    ZSET wake-up marker
@@ -25,7 +26,8 @@ for _, id in ipairs(ids) do
   if string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
     local job_key = q.prefix .. 'job:' .. id
     redis.call('HSET', job_key, 'state', 'waiting', 'attempt', 0, 'losses', 0)
-    local job = redis.call('HMGET', job_key, 'key', 'enqueued_at')
+    local job = redis.call('HMGET', job_key, 'key', 'enqueued_at', 'wf')
+    if job[3] then reopen_node(q, job[3], id) end
     if job[1] then
       if not by_key[job[1]] then
         by_key[job[1]] = {}

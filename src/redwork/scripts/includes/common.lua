@@ -97,8 +97,11 @@ local function admit(q, id, key, front)
   return true
 end
 
+-- @include workflow
+
 -- Move a job to the failed store, where it stays (no expiry) until retried or purged.
--- It no longer holds its key: the next job of the key may run.
+-- It no longer holds its key: the next job of the key may run; a workflow's nodes that
+-- depend on it are skipped.
 local function to_failed_store(q, id, reason, message, attempt, now)
   local key = q.prefix .. 'job:' .. id
   redis.call('HSET', key, 'state', 'failed', 'reason', reason, 'error', message,
@@ -108,6 +111,39 @@ local function to_failed_store(q, id, reason, message, attempt, now)
   release_key(q, id)
   note('failed', id, attempt)
   announce_end(q.prefix, id, 'failed')
+  local wid = redis.call('HGET', key, 'wf')
+  if wid then node_ended(q, wid, id, 'failed', now) end
+end
+
+-- Withdraw a job that has not started (waiting, held behind its key, delayed, or
+-- pending on its dependencies): it is cancelled, a final state that expires after `ttl`
+-- (with its workflow, for a workflow's node). Returns OK, or the state that kept it
+-- from being cancelled ('unknown' when there is no such job).
+local function cancel_unstarted(q, id, ttl, now)
+  local job_key = q.prefix .. 'job:' .. id
+  local job = redis.call('HMGET', job_key, 'state', 'key', 'attempt', 'wf')
+  local state, key, wid = job[1], job[2], job[4]
+  if state ~= 'waiting' and state ~= 'delayed' and state ~= 'pending' then
+    return state or 'unknown'
+  end
+  if state == 'delayed' then
+    redis.call('ZREM', q.delayed, id)
+  elseif state == 'waiting' and redis.call('LREM', q.wait, 1, id) == 0 and key then
+    -- Not in circulation: held in its key's line.
+    if redis.call('LREM', q.prefix .. 'key:' .. key, 1, id) == 1 then
+      redis.call('DECR', q.prefix .. 'held')
+    end
+  end
+  release_key(q, id)
+  redis.call('HSET', job_key, 'state', 'cancelled', 'finished_at', now)
+  note('cancelled', id, job[3])
+  announce_end(q.prefix, id, 'cancelled')
+  if wid then
+    node_ended(q, wid, id, 'cancelled', now)
+  else
+    redis.call('EXPIRE', job_key, ttl)
+  end
+  return OK
 end
 
 -- A run that failed: schedule the next attempt after `retry_in` ms, or (-1) file the
@@ -160,12 +196,12 @@ end
 
 -- Fencing: only the delivery holding the current token may end or extend a job.
 -- A repeat of the call that already ended this delivery is ALREADY_DONE.
--- Returns that code and the job's attempt number.
+-- Returns that code, the job's attempt number and its workflow's id (false if none).
 local function check_lease(key, token)
-  local job = redis.call('HMGET', key, 'state', 'token', 'attempt')
+  local job = redis.call('HMGET', key, 'state', 'token', 'attempt', 'wf')
   local state = job[1]
   if job[2] ~= token then return LEASE_LOST, job[3] end
-  if state == 'active' then return OK, job[3] end
+  if state == 'active' then return OK, job[3], job[4] end
   if state == 'completed' or state == 'failed' or state == 'delayed' then
     return ALREADY_DONE, job[3]
   end

@@ -1,0 +1,436 @@
+"""Workflows: jobs that run after other jobs. Shapes (chain, group, chord) and graphs
+(Workflow.add with depends_on) compile to one list of nodes, each a job with the ids of
+the jobs it depends on; the list is checked here (unknown ids, cycles) and stored by one
+script call. The bookkeeping that releases a node runs inside the transition that ends
+its last dependency (scripts/includes/workflow.lua), so crashes lose no trigger and
+fire none twice. See docs/workflows.md."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Literal
+
+import orjson
+
+from redwork.errors import InvalidName, JobFailed, WorkflowError
+from redwork.job import Envelope, JobState, check_name, new_job_id
+from redwork.queue import WorkflowNode, text
+
+Passing = Literal["one", "list"] | None
+"""How a node is given its dependencies' results, as its first argument: the single
+dependency's result ("one"), a list in dependency order ("list"), or not at all."""
+
+MAX_NODES = 100_000
+
+
+class WorkflowStatus(StrEnum):
+    PENDING = "pending"
+    """No job of it has started yet."""
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    """Every job completed."""
+    FAILED = "failed"
+    """Every job ended, and at least one failed or was skipped."""
+    CANCELLED = "cancelled"
+    """Cancelled as a whole; jobs that were running when it was may still be."""
+
+    @property
+    def is_final(self) -> bool:
+        return self in (WorkflowStatus.SUCCEEDED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One job of a workflow and what it waits for (node ids)."""
+
+    envelope: Envelope
+    depends_on: tuple[str, ...] = ()
+    passing: Passing = None
+    collect: bool = False
+    """Run even if a dependency did not succeed (it is given a JobFailed in its place)."""
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """What Workflow.add returns: the nodes a later node waits for when it depends on
+    the item added (a chain's last step, every member of a group)."""
+
+    ids: tuple[str, ...]
+
+
+Item = Any  # Envelope | chain | group | chord | Workflow; see _attach
+
+
+class chain:  # lower case like the functions of Celery's canvas, which users know
+    """Steps run one after another, each given the previous step's result (a list when
+    the previous step is a group) as its first argument. A step that fails for good
+    skips the rest."""
+
+    def __init__(self, *steps: Item) -> None:
+        if not steps:
+            raise WorkflowError("a chain needs at least one step")
+        self.steps = steps
+
+    def _attach(
+        self, graph: Workflow, after: Sequence[str], passing: Passing, collect: bool
+    ) -> Ref:
+        ref = _attach(graph, self.steps[0], after, passing, collect)
+        for step in self.steps[1:]:
+            ref = _attach(graph, step, ref.ids, "one" if len(ref.ids) == 1 else "list", False)
+        return ref
+
+
+class group:
+    """Members run in parallel; what follows a group waits for all of them and is given
+    their results as a list, in member order."""
+
+    def __init__(self, *members: Item) -> None:
+        if len(members) == 1 and not isinstance(members[0], Envelope | chain | group | chord):
+            members = tuple(members[0])  # group(task.s(i) for i in ...)
+        if not members:
+            raise WorkflowError("a group needs at least one member")
+        self.members = members
+
+    def _attach(
+        self, graph: Workflow, after: Sequence[str], passing: Passing, collect: bool
+    ) -> Ref:
+        ids: list[str] = []
+        for member in self.members:
+            ids += _attach(graph, member, after, passing, collect).ids
+        return Ref(tuple(ids))
+
+
+class chord:
+    """A group and a callback given the list of its results, in member order.
+
+    on_failure="fail_fast" (the default): a member that fails for good skips the
+    callback. on_failure="collect": the callback runs once every member has ended, and
+    is given a JobFailed in place of each result that is missing."""
+
+    def __init__(
+        self,
+        header: Item,
+        callback: Item,
+        *,
+        on_failure: Literal["fail_fast", "collect"] = "fail_fast",
+    ) -> None:
+        if on_failure not in ("fail_fast", "collect"):
+            raise WorkflowError(f"on_failure must be 'fail_fast' or 'collect', not {on_failure!r}")
+        self.header = header if isinstance(header, group) else group(header)
+        self.callback = callback
+        self.collect = on_failure == "collect"
+
+    def _attach(
+        self, graph: Workflow, after: Sequence[str], passing: Passing, collect: bool
+    ) -> Ref:
+        members = self.header._attach(graph, after, passing, collect)
+        return _attach(graph, self.callback, members.ids, "list", self.collect)
+
+
+def _attach(
+    graph: Workflow, item: Item, after: Sequence[str], passing: Passing, collect: bool
+) -> Ref:
+    if isinstance(item, Envelope):
+        graph.nodes.append(Node(item, tuple(after), passing if after else None, collect))
+        return Ref((item.id,))
+    if isinstance(item, chain | group | chord):
+        return item._attach(graph, after, passing, collect)
+    if isinstance(item, Workflow):
+        for node in item.nodes:
+            if not node.depends_on:  # an entry: it waits for what the workflow waits for
+                node = replace(node, depends_on=tuple(after), collect=node.collect or collect)
+            graph.nodes.append(node)
+        return Ref(tuple(item.exits()))
+    raise WorkflowError(
+        f"{item!r} is not a workflow item: use task.s(...), chain, group, chord or Workflow"
+    )
+
+
+class Workflow:
+    """A graph of jobs: `wf.add(item, depends_on=[...])`, where an item is a job
+    (`task.s(...)`) or a shape (chain, group, chord), and depends_on names what was
+    added before (the Ref add returned) or node ids."""
+
+    def __init__(self, *items: Item) -> None:
+        self.nodes: list[Node] = []
+        for item in items:
+            self.add(item)
+
+    def add(
+        self,
+        item: Item,
+        *,
+        depends_on: Iterable[Ref | str] = (),
+        pass_results: bool = False,
+        collect: bool = False,
+    ) -> Ref:
+        """Add a job or shape; it starts once everything in depends_on has succeeded.
+
+        pass_results: give it (its first jobs) the list of its dependencies' results,
+        in depends_on order, as first argument. collect: run it even when a dependency
+        did not succeed, with a JobFailed in that dependency's place."""
+        after: list[str] = []
+        for dependency in depends_on:
+            after += dependency.ids if isinstance(dependency, Ref) else [dependency]
+        return _attach(self, item, after, "list" if pass_results else None, collect)
+
+    def exits(self) -> list[str]:
+        """Nodes nothing depends on: their results are the workflow's."""
+        needed = {d for n in self.nodes for d in n.depends_on}
+        return [n.id for n in self.nodes if n.id not in needed]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A checked workflow, ready for Queue.submit_workflow."""
+
+    id: str
+    queue: str
+    nodes: list[WorkflowNode]
+
+
+def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: int) -> Plan:
+    """Check and encode a workflow; raises WorkflowError (nothing is stored)."""
+    graph = item if isinstance(item, Workflow) else Workflow(item)
+    nodes = graph.nodes
+    if not nodes:
+        raise WorkflowError("the workflow has no jobs")
+    if len(nodes) > MAX_NODES:
+        raise WorkflowError(f"a workflow holds at most {MAX_NODES} jobs, not {len(nodes)}")
+    try:
+        wid = new_job_id() if workflow_id is None else check_name("workflow id", workflow_id)
+    except InvalidName as exc:
+        raise WorkflowError(str(exc)) from None
+    queues = {n.envelope.queue for n in nodes}
+    if queue is None and len(queues) > 1:
+        raise WorkflowError(
+            f"a workflow runs in one queue, and its jobs name {sorted(queues)}: pass "
+            "queue= (each node's release is atomic with its dependency's end, which "
+            "needs them in one Redis Cluster slot)"
+        )
+    queue = check_name("queue name", queue or queues.pop())
+    ids = [n.id for n in nodes]
+    _check_graph(nodes)
+    dependants: dict[str, list[str]] = {i: [] for i in ids}
+    for node in nodes:
+        for dependency in node.depends_on:
+            dependants[dependency].append(node.id)
+    stored = []
+    for node in nodes:
+        document: dict[str, Any] = {"id": wid}
+        if node.passing is not None:
+            document["pass"] = node.passing
+        envelope = replace(node.envelope, queue=queue, workflow=document)
+        stored.append(
+            WorkflowNode(
+                node.id,
+                envelope.encode(max_payload),
+                envelope.key,
+                node.depends_on,
+                dependants[node.id],
+                node.passing is not None,
+                node.collect,
+            )
+        )
+    return Plan(wid, queue, stored)
+
+
+def _check_graph(nodes: Sequence[Node]) -> None:
+    """Every id once, every dependency a node, no cycle (Kahn's algorithm)."""
+    index: dict[str, int] = {}
+    for position, node in enumerate(nodes):
+        if node.id in index:
+            raise WorkflowError(
+                f"job id {node.id} appears twice in the workflow: make each node with "
+                "its own task.s(...)"
+            )
+        index[node.id] = position
+    waiting_on = [0] * len(nodes)
+    dependants: list[list[int]] = [[] for _ in nodes]
+    for position, node in enumerate(nodes):
+        if len(set(node.depends_on)) != len(node.depends_on):
+            raise WorkflowError(f"job {node.id} names a dependency twice")
+        for dependency in node.depends_on:
+            if dependency not in index:
+                raise WorkflowError(f"job {node.id} depends on {dependency}, not in the workflow")
+            waiting_on[position] += 1
+            dependants[index[dependency]].append(position)
+    ready = [p for p, count in enumerate(waiting_on) if count == 0]
+    heapq.heapify(ready)
+    seen = 0
+    while ready:
+        position = heapq.heappop(ready)
+        seen += 1
+        for dependant in dependants[position]:
+            waiting_on[dependant] -= 1
+            if waiting_on[dependant] == 0:
+                heapq.heappush(ready, dependant)
+    if seen < len(nodes):
+        cycle = _find_cycle(nodes, index, waiting_on)
+        raise WorkflowError("the workflow has a cycle: " + " -> ".join(cycle))
+
+
+def _find_cycle(nodes: Sequence[Node], index: dict[str, int], waiting_on: list[int]) -> list[str]:
+    """One cycle among the nodes Kahn's algorithm could not order, for the message."""
+    start = next(p for p, count in enumerate(waiting_on) if count > 0)
+    path: list[int] = []
+    on_path: dict[int, int] = {}
+    position = start
+    while position not in on_path:
+        on_path[position] = len(path)
+        path.append(position)
+        position = next(index[d] for d in nodes[position].depends_on if waiting_on[index[d]] > 0)
+    cycle = [*path[on_path[position] :], position]
+    return [nodes[p].id for p in reversed(cycle)]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    id: str
+    task: str | None
+    state: JobState
+    depends_on: list[str]
+    result: bytes | None
+    reason: str | None
+    error: str | None
+    progress: bytes | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task": self.task,
+            "state": self.state.value,
+            "depends_on": self.depends_on,
+            "result": self.result_value(),
+            "reason": self.reason,
+            "error": self.error,
+            "progress": None if self.progress is None else orjson.loads(self.progress),
+        }
+
+    def result_value(self) -> Any:
+        if self.state is not JobState.COMPLETED or self.result is None:
+            return None
+        return orjson.loads(self.result)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowRecord:
+    """A workflow as Redis holds it: its status, counters and nodes in submit order."""
+
+    id: str
+    queue: str
+    name: str
+    status: WorkflowStatus
+    counts: dict[str, int]
+    created_at: int | None
+    started_at: int | None
+    finished_at: int | None
+    nodes: list[NodeRecord]
+
+    @property
+    def is_final(self) -> bool:
+        return self.status.is_final
+
+    @property
+    def status_text(self) -> str:
+        return self.status.value
+
+    @classmethod
+    def parse(cls, queue: str, workflow_id: str, reply: list[Any]) -> WorkflowRecord | None:
+        if not reply:
+            return None
+        raw = reply[0]
+        fields = {text(k): text(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
+        nodes = []
+        for i in range(1, len(reply), 8):
+            node_id, state, needs, result, reason, error, data, progress = reply[i : i + 8]
+            task = None
+            if data:
+                try:
+                    task = orjson.loads(data).get("task")
+                except (orjson.JSONDecodeError, AttributeError):
+                    task = None
+            nodes.append(
+                NodeRecord(
+                    text(node_id),
+                    task,
+                    JobState(text(state)) if state else JobState.CANCELLED,
+                    text(needs).split(",") if needs else [],
+                    result,
+                    None if reason is None else text(reason),
+                    None if error is None else text(error),
+                    progress,
+                )
+            )
+
+        def number(name: str) -> int | None:
+            return int(fields[name]) if name in fields else None
+
+        counted = ("total", "ended", "succeeded", "failed", "skipped", "cancelled")
+        return cls(
+            id=workflow_id,
+            queue=queue,
+            name=fields.get("name", ""),
+            status=WorkflowStatus(fields.get("status", "pending")),
+            counts={name: int(fields.get(name, 0)) for name in counted},
+            created_at=number("created_at"),
+            started_at=number("started_at"),
+            finished_at=number("finished_at"),
+            nodes=nodes,
+        )
+
+    def result(self) -> Any:
+        """The results of the nodes nothing depends on: one value when there is one
+        such node (a chain's last step, a chord's callback), else a list in node order.
+        JobFailed if the workflow did not succeed."""
+        if self.status is not WorkflowStatus.SUCCEEDED:
+            bad = next((n for n in self.nodes if n.state is not JobState.COMPLETED), None)
+            detail = f"; first: job {bad.id} {bad.state.value}" if bad else ""
+            if bad is not None and bad.error:
+                detail += f" ({bad.reason}: {bad.error.strip().splitlines()[-1]})"
+            raise JobFailed(self.id, f"workflow {self.status.value}{detail}")
+        needed = {d for n in self.nodes for d in n.depends_on}
+        exits = [n.result_value() for n in self.nodes if n.id not in needed]
+        return exits[0] if len(exits) == 1 else exits
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "name": self.name,
+            "status": self.status.value,
+            "counts": self.counts,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "nodes": [n.as_dict() for n in self.nodes],
+        }
+
+
+def node_inputs(document: dict[str, Any], inputs: bytes) -> list[Any]:
+    """The arguments to put before a node's own: its dependencies' results as fetched
+    (a JSON array), shaped as the node's `workflow.pass` says. A dependency that did
+    not succeed becomes a JobFailed."""
+    passing = (document.get("workflow") or {}).get("pass")
+    if passing is None or not inputs:
+        return []
+    values = [_input(value) for value in orjson.loads(inputs)]
+    if passing == "one":
+        return values[:1]
+    return [values]
+
+
+def _input(value: Any) -> Any:
+    if isinstance(value, dict) and len(value) == 1 and "$failed" in value:
+        failed = value["$failed"]
+        return JobFailed(
+            str(failed.get("job")), f"{failed.get('reason')}: {failed.get('error', '')}".strip()
+        )
+    return value
