@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qs
 
 import orjson
@@ -50,6 +50,7 @@ from redwork.errors import (
     NotCancellable,
     RedworkError,
     StateConflict,
+    WorkflowNotFound,
 )
 from redwork.job import NAME_PATTERN, Envelope, JobRecord
 from redwork.live import DurationTracker, Hub, Overflow, Subscription, encoded, job_message
@@ -57,6 +58,7 @@ from redwork.metrics import Metrics
 from redwork.queue import QUEUES_KEY, Op, Queue, arun, arun_many
 from redwork.registry import alive_workers
 from redwork.settings import Settings
+from redwork.workflow import COUNTS, Workflow, WorkflowRecord, plan
 
 log = logging.getLogger("redwork.api")
 TOKEN_COOKIE = "redwork_token"
@@ -75,6 +77,66 @@ class JobSubmission(BaseModel):
     retries: int | None = Field(default=None, ge=0, le=1000)
     timeout: float | None = Field(default=None, gt=0)
     meta: dict[str, Any] | None = None
+
+
+class WorkflowNodeSubmission(JobSubmission):
+    depends_on: list[str] = Field(
+        default_factory=list, max_length=10_000, description="job ids of this workflow"
+    )
+    pass_results: Literal["one", "list"] | None = Field(
+        default=None,
+        description="give the job its dependencies' results as first argument: the single "
+        "dependency's result ('one') or a list in depends_on order ('list')",
+    )
+    collect: bool = Field(
+        default=False, description="run even if a dependency did not succeed (given its error)"
+    )
+
+
+class WorkflowSubmission(BaseModel):
+    nodes: list[WorkflowNodeSubmission] = Field(min_length=1, max_length=100_000)
+    workflow_id: str | None = Field(default=None, description="an id of your own; idempotent")
+    queue: str | None = Field(default=None, description="default: the queue its tasks name")
+    name: str = Field(default="", max_length=200)
+
+
+class SubmittedWorkflow(BaseModel):
+    id: str
+    queue: str
+    nodes: list[str] = Field(description="the job ids, in submit order")
+
+
+class NodeView(BaseModel):
+    id: str
+    task: str | None
+    state: str
+    depends_on: list[str]
+    result: Any = None
+    reason: str | None
+    error: str | None
+    progress: Any = None
+
+
+class WorkflowView(BaseModel):
+    id: str
+    queue: str
+    name: str
+    status: str
+    counts: dict[str, int]
+    created_at: int | None
+    started_at: int | None
+    finished_at: int | None
+    nodes: list[NodeView]
+
+
+class WorkflowSummary(BaseModel):
+    id: str
+    queue: str
+    name: str
+    status: str
+    counts: dict[str, int]
+    created_at: int | None
+    finished_at: int | None
 
 
 class BatchSubmission(BaseModel):
@@ -274,10 +336,13 @@ class Service:
             found.append(record)
         return found
 
-    def envelope(self, submission: JobSubmission, idempotency_key: str | None) -> Envelope:
+    def envelope(
+        self, submission: JobSubmission, idempotency_key: str | None, given: int = 0
+    ) -> Envelope:
+        """The job to enqueue; `given`: arguments a workflow puts before the job's own."""
         task = self.app.get_task(submission.task)
         try:
-            task.signature.bind(*submission.args, **submission.kwargs)
+            task.signature.bind(*[None] * given, *submission.args, **submission.kwargs)
         except TypeError as exc:
             raise InvalidSubmission(f"{task.name}{task.signature}: {exc}") from exc
         changes: dict[str, Any] = {}
@@ -299,6 +364,34 @@ class Service:
             SubmittedJob(id=job_id, queue=e.queue, duplicate=job_id != e.id)
             for e, job_id in zip(envelopes, ids, strict=True)
         ]
+
+    async def submit_workflow(self, submission: WorkflowSubmission) -> SubmittedWorkflow:
+        graph = Workflow()
+        for node in submission.nodes:
+            graph.add(
+                self.envelope(node, None, 1 if node.pass_results else 0),
+                depends_on=node.depends_on,
+                pass_results=node.pass_results or False,
+                collect=node.collect,
+            )
+        checked = plan(graph, submission.workflow_id, submission.queue, self.settings.max_payload)
+        await self.app.client.asubmit_workflow(checked, submission.name)
+        return SubmittedWorkflow(
+            id=checked.id, queue=checked.queue, nodes=[n.id for n in checked.nodes]
+        )
+
+    async def find_workflow(self, workflow_id: str, queue: str | None) -> WorkflowRecord:
+        """The workflow, looked up in `queue`, or in every known queue when not given."""
+        check_job_id(workflow_id)
+        for name in [check_queue(queue)] if queue else await self.queue_names():
+            try:
+                return await self.app.client.aworkflow(name, workflow_id)
+            except WorkflowNotFound:
+                continue
+        where = f"queue {queue}" if queue else "any queue"
+        raise WorkflowNotFound(
+            f"no workflow {workflow_id} in {where} (it never existed, or it expired)"
+        )
 
 
 class InvalidSubmission(RedworkError):
@@ -453,6 +546,7 @@ def create_api(app: Redwork, settings: Settings | None = None) -> FastAPI:
     api.add_middleware(BodyLimit, limit=settings.api_max_body)
     authorized = Depends(token_check(settings))
     _job_routes(api, service, authorized)
+    _workflow_routes(api, service, authorized)
     _admin_routes(api, service, authorized)
     _live_routes(api, service, settings)
     _state_routes(api, service, authorized)
@@ -501,7 +595,7 @@ def _handle_errors(api: FastAPI) -> None:
 
     async def redwork_error(_: Request, exc: Exception) -> JSONResponse:
         status = 422
-        if isinstance(exc, JobNotFound):
+        if isinstance(exc, JobNotFound | WorkflowNotFound):
             status = 404
         elif isinstance(exc, NotCancellable | StateConflict):
             status = 409
@@ -566,6 +660,78 @@ def _job_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         record = await service.find(job_id, queue)
         entries = await arun(await service.redis(), Queue(record.queue).timeline(job_id))
         return [TimelineEntry(event=e, attempt=a, at=t) for e, a, t in entries]
+
+
+def _workflow_routes(api: FastAPI, service: Service, authorized: Any) -> None:
+    @api.post(
+        "/api/workflows", status_code=201, response_model=SubmittedWorkflow, tags=["workflows"]
+    )
+    async def submit_workflow(
+        submission: WorkflowSubmission, _: None = authorized
+    ) -> SubmittedWorkflow:
+        """Submit a workflow: jobs with the ids of the jobs they wait for, stored at once.
+        A cycle or an unknown dependency is a 422 and stores nothing; a workflow_id that
+        exists adds nothing."""
+        return await service.submit_workflow(submission)
+
+    @api.get("/api/workflows", response_model=list[WorkflowSummary], tags=["workflows"])
+    async def list_workflows(
+        queue: Annotated[str, Query(max_length=200)] = "default",
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        _: None = authorized,
+    ) -> list[WorkflowSummary]:
+        """A queue's workflows, newest first (those that expired are left out)."""
+        q = Queue(check_queue(queue))
+        client = await service.redis()
+        ids = await arun(client, q.workflow_ids(0, limit - 1))
+        fields = ("name", "status", "created_at", "finished_at", *COUNTS)
+        rows = await arun_many(
+            client, [Op(list, command=("HMGET", q.workflow_key(i), *fields)) for i in ids]
+        )
+        summaries = []
+        for workflow_id, row in zip(ids, rows, strict=True):
+            values = dict(
+                zip(fields, (None if v is None else v.decode() for v in row), strict=True)
+            )
+            if values["status"] is None:
+                continue  # expired
+            summaries.append(
+                WorkflowSummary(
+                    id=workflow_id,
+                    queue=queue,
+                    name=values["name"] or "",
+                    status=values["status"],
+                    counts={c: int(values[c] or 0) for c in COUNTS},
+                    created_at=_number(values["created_at"]),
+                    finished_at=_number(values["finished_at"]),
+                )
+            )
+        return summaries
+
+    @api.get("/api/workflows/{workflow_id}", response_model=WorkflowView, tags=["workflows"])
+    async def get_workflow(
+        workflow_id: JobId, queue: QueueParam = None, _: None = authorized
+    ) -> WorkflowView:
+        """A workflow: its status, counts, and every job with its dependencies, state
+        and result, in submit order."""
+        return WorkflowView(**(await service.find_workflow(workflow_id, queue)).as_dict())
+
+    @api.post(
+        "/api/workflows/{workflow_id}/cancel", response_model=WorkflowView, tags=["workflows"]
+    )
+    async def cancel_workflow(
+        workflow_id: JobId, queue: QueueParam = None, _: None = authorized
+    ) -> WorkflowView:
+        """Cancel every job of the workflow that has not started (409 once it ended)."""
+        record = await service.find_workflow(workflow_id, queue)
+        await service.app.client.acancel_workflow(record.queue, workflow_id)
+        return WorkflowView(
+            **(await service.app.client.aworkflow(record.queue, workflow_id)).as_dict()
+        )
+
+
+def _number(value: str | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
@@ -684,6 +850,7 @@ class _Stream:
             "completed",
             "failed",
             "cancelled",
+            "skipped",
             "purged",
         ):
             self.pending.discard((message["queue"], message["id"]))

@@ -13,13 +13,15 @@ import click
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from redwork.app import Redwork
 from redwork.client import Client
-from redwork.errors import JobNotFound, RedworkError
+from redwork.errors import JobNotFound, RedworkError, WorkflowNotFound
 from redwork.queue import QUEUES_KEY, Queue
 from redwork.registry import live_workers
 from redwork.settings import Settings, to_env
+from redwork.workflow import WorkflowRecord
 
 console = Console()
 
@@ -405,6 +407,156 @@ def job_show(ctx: click.Context, job_id: str, queue: str | None) -> None:
         click.echo(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
         return
     raise click.ClickException(f"no job {job_id}" + (f" in queue {queue}" if queue else ""))
+
+
+@cli.group()
+def workflow() -> None:
+    """Workflows: list them, draw one with its jobs' states, cancel one.
+
+    \b
+    Examples:
+      redwork workflow list -q default
+      redwork workflow show WORKFLOW_ID
+      redwork workflow cancel WORKFLOW_ID
+    """
+
+
+def _find_workflow(client: Client, workflow_id: str, queue: str | None) -> WorkflowRecord:
+    for name in [queue] if queue else _queue_names(client):
+        try:
+            return client.workflow(name, workflow_id)
+        except WorkflowNotFound:
+            continue
+    raise click.ClickException(
+        f"no workflow {workflow_id}" + (f" in queue {queue}" if queue else "")
+    )
+
+
+@workflow.command("show")
+@click.argument("workflow_id")
+@click.option("-q", "--queue", help="The workflow's queue (default: search every queue).")
+@click.option("--json", "as_json", is_flag=True, help="Print the workflow as JSON instead.")
+@click.pass_context
+def workflow_show(ctx: click.Context, workflow_id: str, queue: str | None, as_json: bool) -> None:
+    """Draw a workflow: its jobs level by level (a job's level is one more than its
+    deepest dependency's), each with its state and what it waits for."""
+    record = _find_workflow(_client(ctx), workflow_id, queue)
+    if as_json:
+        click.echo(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        console.print(draw_workflow(record))
+
+
+@workflow.command("list")
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("-n", "--limit", default=20, show_default=True)
+@click.pass_context
+def workflow_list(ctx: click.Context, queue: str, limit: int) -> None:
+    """A queue's workflows, newest first."""
+    client = _client(ctx)
+    table = Table(title=f"workflows in {queue}")
+    for column in ("id", "name", "status", "jobs", "ended", "failed", "skipped"):
+        table.add_column(column)
+    for workflow_id in client.run(client.queue(queue).workflow_ids(0, limit - 1)):
+        try:
+            record = client.workflow(queue, workflow_id)
+        except WorkflowNotFound:
+            continue  # expired
+        counts = record.counts
+        table.add_row(
+            workflow_id,
+            record.name,
+            _styled_status(record.status.value),
+            str(counts["total"]),
+            str(counts["ended"]),
+            str(counts["failed"]),
+            str(counts["skipped"]),
+        )
+    console.print(table)
+
+
+@workflow.command("cancel")
+@click.argument("workflow_id")
+@click.option("-q", "--queue", help="The workflow's queue (default: search every queue).")
+@click.pass_context
+def workflow_cancel(ctx: click.Context, workflow_id: str, queue: str | None) -> None:
+    """Cancel every job of a workflow that has not started."""
+    client = _client(ctx)
+    record = _find_workflow(client, workflow_id, queue)
+    click.echo(f"cancelled {client.cancel_workflow(record.queue, workflow_id)} jobs")
+
+
+_STATE_MARKS = {
+    "pending": ("·", "dim"),
+    "waiting": ("○", "cyan"),
+    "delayed": ("◔", "yellow"),
+    "active": ("▶", "bold blue"),
+    "completed": ("✔", "green"),
+    "failed": ("✘", "bold red"),
+    "skipped": ("⊘", "magenta"),
+    "cancelled": ("■", "dim"),
+}
+
+
+_STATUS_COLOURS = {"succeeded": "green", "failed": "red", "running": "blue"}
+
+
+def _styled_status(status: str) -> str:
+    colour = _STATUS_COLOURS.get(status, "dim")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+def draw_workflow(record: WorkflowRecord) -> Text:
+    """The workflow as text: a header, then each level's jobs with state marks and
+    arrows from their dependencies."""
+    level: dict[str, int] = {}
+    for node in record.nodes:  # submit order: every dependency comes first
+        level[node.id] = 1 + max((level.get(d, 0) for d in node.depends_on), default=-1)
+    short = _short_ids([n.id for n in record.nodes])
+    counts = record.counts
+    out = Text()
+    out.append(f"workflow {record.id}", style="bold")
+    if record.name:
+        out.append(f" ({record.name})")
+    out.append(" - ")
+    out.append(record.status.value, style=_STATUS_COLOURS.get(record.status.value, "dim"))
+    out.append(
+        f"  {counts['ended']}/{counts['total']} ended: {counts['succeeded']} succeeded, "
+        f"{counts['failed']} failed, {counts['skipped']} skipped, "
+        f"{counts['cancelled']} cancelled\n"
+    )
+    for depth in range(max(level.values(), default=-1) + 1):
+        out.append(f"level {depth}\n", style="dim")
+        for node in (n for n in record.nodes if level[n.id] == depth):
+            mark, style = _STATE_MARKS.get(node.state.value, ("?", ""))
+            out.append(f"  {mark} ", style=style)
+            out.append(f"{short[node.id]:<10} {node.task or '?':<24}")
+            if node.depends_on:
+                arrows = ", ".join(short[d] for d in node.depends_on)
+                out.append(f" <- {arrows}", style="dim")
+            out.append(f"  {node.state.value}", style=style)
+            if node.state.value == "completed":
+                out.append(f"  = {_preview(node.result)}", style="dim")
+            elif node.error:
+                out.append(f"  {node.reason}: {node.error.strip().splitlines()[-1][:80]}")
+            out.append("\n")
+    out.rstrip()
+    return out
+
+
+def _short_ids(ids: list[str]) -> dict[str, str]:
+    """Ids of up to 16 characters as they are; longer ones (generated) cut to the
+    shortest prefix of 8 characters or more that tells them apart."""
+    for length in (8, 12, 16, 128):
+        short = {i: i if len(i) <= 16 else i[:length] for i in ids}
+        if len(set(short.values())) == len(ids):
+            return short
+    return {i: i for i in ids}
+
+
+def _preview(result: bytes | None) -> str:
+    text = (result or b"null").decode(errors="replace")
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @cli.group()

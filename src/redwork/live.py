@@ -44,10 +44,13 @@ STATE_AFTER = {
     "purged": "purged",
     "cancelled": "cancelled",
     "progress": "active",
+    "pending": "pending",
+    "ready": "waiting",
+    "skipped": "skipped",
 }
 """The state a job is in after each kind of event (protocol.md, Events)."""
 
-FINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "purged"})
+FINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "skipped", "purged"})
 
 JobRef = tuple[str, str]
 """(queue, job id)"""

@@ -24,6 +24,8 @@ Passing = Literal["one", "list"] | None
 dependency's result ("one"), a list in dependency order ("list"), or not at all."""
 
 MAX_NODES = 100_000
+COUNTS = ("total", "ended", "succeeded", "failed", "skipped", "cancelled")
+"""The counters of a workflow's hash."""
 
 
 class WorkflowStatus(StrEnum):
@@ -168,18 +170,22 @@ class Workflow:
         item: Item,
         *,
         depends_on: Iterable[Ref | str] = (),
-        pass_results: bool = False,
+        pass_results: bool | Literal["one", "list"] = False,
         collect: bool = False,
     ) -> Ref:
         """Add a job or shape; it starts once everything in depends_on has succeeded.
 
         pass_results: give it (its first jobs) the list of its dependencies' results,
-        in depends_on order, as first argument. collect: run it even when a dependency
-        did not succeed, with a JobFailed in that dependency's place."""
+        in depends_on order, as first argument ("one": the single dependency's result
+        itself). collect: run it even when a dependency did not succeed, with a
+        JobFailed in that dependency's place."""
         after: list[str] = []
         for dependency in depends_on:
             after += dependency.ids if isinstance(dependency, Ref) else [dependency]
-        return _attach(self, item, after, "list" if pass_results else None, collect)
+        passing: Passing = "list" if pass_results is True else pass_results or None
+        if passing not in (None, "one", "list"):
+            raise WorkflowError(f"pass_results must be a bool, 'one' or 'list', not {passing!r}")
+        return _attach(self, item, after, passing, collect)
 
     def exits(self) -> list[str]:
         """Nodes nothing depends on: their results are the workflow's."""
@@ -216,9 +222,13 @@ def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: in
             "needs them in one Redis Cluster slot)"
         )
     queue = check_name("queue name", queue or queues.pop())
-    ids = [n.id for n in nodes]
     _check_graph(nodes)
-    dependants: dict[str, list[str]] = {i: [] for i in ids}
+    if any(n.envelope.idempotency_key is not None for n in nodes):
+        raise WorkflowError(
+            "a workflow's jobs take no idempotency key: give the workflow an id of your "
+            "own (workflow_id=...), which makes submitting it again add nothing"
+        )
+    dependants: dict[str, list[str]] = {n.id: [] for n in nodes}
     for node in nodes:
         for dependency in node.depends_on:
             dependants[dependency].append(node.id)
@@ -373,13 +383,12 @@ class WorkflowRecord:
         def number(name: str) -> int | None:
             return int(fields[name]) if name in fields else None
 
-        counted = ("total", "ended", "succeeded", "failed", "skipped", "cancelled")
         return cls(
             id=workflow_id,
             queue=queue,
             name=fields.get("name", ""),
             status=WorkflowStatus(fields.get("status", "pending")),
-            counts={name: int(fields.get(name, 0)) for name in counted},
+            counts={name: int(fields.get(name, 0)) for name in COUNTS},
             created_at=number("created_at"),
             started_at=number("started_at"),
             finished_at=number("finished_at"),
