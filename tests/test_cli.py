@@ -189,7 +189,7 @@ def test_help_shows_examples() -> None:
     assert top.exit_code == 0
     assert "Examples:" in top.output
     assert "redwork demo --iterations 100 --workers 4" in top.output
-    for command in ("worker", "server", "info", "job", "failed", "demo"):
+    for command in ("worker", "server", "info", "job", "workflow", "failed", "demo"):
         assert re.search(rf"^\s+{command}\s", top.output, re.MULTILINE), command
 
     worker = runner.invoke(cli, ["worker", "--help"])
