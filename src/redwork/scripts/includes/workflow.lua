@@ -116,12 +116,12 @@ end
 
 -- A failed node sent back to the queue: its workflow runs again, and the dependants it
 -- had skipped (with theirs) wait for it once more, unless another dependency of theirs
--- still did not succeed.
+-- still did not succeed. A cancelled workflow stays cancelled: the node runs alone.
 local function reopen_node(q, wid, id)
   local wf_key = workflow_key(q, wid)
-  if redis.call('EXISTS', wf_key) == 0 then return end
-  if redis.call('HGET', wf_key, 'status') ~= 'running' then
-    redis.call('HSET', wf_key, 'status', 'running')
+  local wf = redis.call('HMGET', wf_key, 'status', 'finished_at')
+  if not wf[1] then return end  -- expired: a lone job now
+  if wf[2] then  -- it had ended: keep it (and the results its nodes need) from expiring
     redis.call('HDEL', wf_key, 'finished_at')
     redis.call('PERSIST', wf_key)
     redis.call('PERSIST', wf_key .. ':nodes')
@@ -131,6 +131,11 @@ local function reopen_node(q, wid, id)
   end
   redis.call('HINCRBY', wf_key, 'failed', -1)
   redis.call('HINCRBY', wf_key, 'ended', -1)
+  if wf[1] == 'cancelled' then return end
+  if wf[1] ~= 'running' then
+    redis.call('HSET', wf_key, 'status', 'running')
+    note('workflow_running', wid, 0)
+  end
   local restored = 0
   local walk = { id }
   local i = 1
