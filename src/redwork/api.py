@@ -117,18 +117,6 @@ class NodeView(BaseModel):
     progress: Any = None
 
 
-class WorkflowView(BaseModel):
-    id: str
-    queue: str
-    name: str
-    status: str
-    counts: dict[str, int]
-    created_at: int | None
-    started_at: int | None
-    finished_at: int | None
-    nodes: list[NodeView]
-
-
 class WorkflowSummary(BaseModel):
     id: str
     queue: str
@@ -137,6 +125,11 @@ class WorkflowSummary(BaseModel):
     counts: dict[str, int]
     created_at: int | None
     finished_at: int | None
+
+
+class WorkflowView(WorkflowSummary):
+    started_at: int | None
+    nodes: list[NodeView]
 
 
 class BatchSubmission(BaseModel):
