@@ -259,3 +259,9 @@ async def needs_file(value: Any, path: str) -> Any:
     if not os.path.exists(path):
         raise FileNotFoundError(path)
     return value
+
+
+@app.task(name="client_url")
+async def client_url() -> str:
+    """The server the app's own client (state stores, progress) talks to."""
+    return app.client.url

@@ -21,7 +21,7 @@ from redwork.queue import Queue
 from redwork.registry import WORKERS_CHANNEL
 from redwork.server import EmbeddedServer
 from tests import tasks
-from tests.conftest import WorkerProcess, valkey_servers_under, wait_for_event
+from tests.conftest import ROOT, WorkerProcess, valkey_servers_under, wait_for_event
 
 
 def run_cli(
@@ -197,3 +197,24 @@ def test_help_shows_examples() -> None:
     assert "Examples:" in worker.output
     assert "redwork worker myapp.tasks:app -q high,default -c 50 -p 3" in worker.output
     assert "--grace" in worker.output and "--lease" in worker.output
+
+
+def test_a_single_worker_gives_its_app_the_server_named_on_the_command_line(
+    app: Redwork, redis_url: str, tmp_path: Path
+) -> None:
+    # No REDWORK_* variable: the URL comes only from --redis. The app's own client (what
+    # tasks use for state and progress) must talk to that server, not an embedded one.
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("REDWORK_")}
+    environ["REDWORK_DATA_DIR"] = str(tmp_path / "must-stay-unused")
+    handle = tasks.client_url.enqueue()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "redwork", "--redis", redis_url, "worker", "tests.tasks:app"],
+        env=environ,
+        cwd=ROOT,
+    )
+    try:
+        assert handle.result(timeout=30) == redis_url
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+    assert not (tmp_path / "must-stay-unused").exists()

@@ -172,9 +172,10 @@ class Task(Generic[P, R]):
             meta=o.meta or {},
         )
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Envelope:
-        """A job of this task for a workflow (chain, group, chord, Workflow.add); in a
-        chain, the previous step's result comes before these arguments."""
+    def s(self, *args: Any, **kwargs: Any) -> Envelope:
+        """A job of this task for a workflow (chain, group, chord, Workflow.add). Not
+        typed with the task's parameters: a chain step or a chord callback is given its
+        input as first argument, before these."""
         return self.prepare(*args, **kwargs)
 
     def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:

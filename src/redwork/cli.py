@@ -169,7 +169,11 @@ def worker(
         grace=grace,
         lease=lease,
     )
+    # Settings reach an app built at import time through the environment, and the app's
+    # own client (used by tasks: state stores, progress) gets them too.
+    os.environ.update(to_env(settings))
     app = load_app(app_path)
+    app.configure(settings)
     if settings.processes > 1:
         from redwork.connection import resolve_url
         from redwork.supervisor import Supervisor, worker_command
