@@ -141,3 +141,29 @@ def _wait_workflow(http: httpx.Client, workflow_id: str) -> dict:  # type: ignor
                 ):
                     break
     return http.get(f"/api/workflows/{workflow_id}").json()  # type: ignore[no-any-return]
+
+
+def test_resubmitting_a_workflow_over_http_answers_its_stored_jobs(http: httpx.Client) -> None:
+    body = {"workflow_id": "wf1", "nodes": [{"task": "echo", "args": [1]}, {"task": "echo"}]}
+    body["nodes"][1]["args"] = [2]
+    first = http.post("/api/workflows", json=body)
+    again = http.post("/api/workflows", json=body)
+    assert first.status_code == 201 and first.json()["duplicate"] is False
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert again.json()["nodes"] == first.json()["nodes"]
+    job = http.get(f"/api/jobs/{first.json()['nodes'][0]}").json()
+    assert job["workflow"] == "wf1"
+
+
+def test_pass_results_without_fitting_dependencies_is_refused(http: httpx.Client) -> None:
+    alone = http.post("/api/workflows", json={"nodes": [{"task": "echo", "pass_results": "one"}]})
+    assert alone.status_code == 422 and "needs dependencies" in alone.json()["error"]
+    two = {
+        "nodes": [
+            {"task": "echo", "args": [1], "job_id": "a"},
+            {"task": "echo", "args": [2], "job_id": "b"},
+            {"task": "echo", "depends_on": ["a", "b"], "pass_results": "one"},
+        ]
+    }
+    refused = http.post("/api/workflows", json=two)
+    assert refused.status_code == 422 and "there are 2" in refused.json()["error"]

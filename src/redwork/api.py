@@ -104,6 +104,7 @@ class SubmittedWorkflow(BaseModel):
     id: str
     queue: str
     nodes: list[str] = Field(description="the job ids, in submit order")
+    duplicate: bool = Field(description="a workflow with this id existed: nothing was added")
 
 
 class NodeView(BaseModel):
@@ -154,6 +155,7 @@ class JobView(BaseModel):
     args: list[Any] | None
     kwargs: dict[str, Any] | None
     key: str | None
+    workflow: str | None = Field(default=None, description="its workflow's id, if any")
     attempt: int
     max_attempts: int | None
     losses: int
@@ -368,10 +370,12 @@ class Service:
                 collect=node.collect,
             )
         checked = plan(graph, submission.workflow_id, submission.queue, self.settings.max_payload)
-        await self.app.client.asubmit_workflow(checked, submission.name)
-        return SubmittedWorkflow(
-            id=checked.id, queue=checked.queue, nodes=[n.id for n in checked.nodes]
-        )
+        added = await self.app.client.asubmit_workflow(checked, submission.name)
+        ids = [n.id for n in checked.nodes]
+        if not added:  # the stored workflow's jobs, not the ids generated for this request
+            stored = await self.app.client.aworkflow(checked.queue, checked.id)
+            ids = [n.id for n in stored.nodes]
+        return SubmittedWorkflow(id=checked.id, queue=checked.queue, nodes=ids, duplicate=not added)
 
     async def find_workflow(self, workflow_id: str, queue: str | None) -> WorkflowRecord:
         """The workflow, looked up in `queue`, or in every known queue when not given."""
@@ -660,12 +664,15 @@ def _workflow_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         "/api/workflows", status_code=201, response_model=SubmittedWorkflow, tags=["workflows"]
     )
     async def submit_workflow(
-        submission: WorkflowSubmission, _: None = authorized
+        submission: WorkflowSubmission, response: Response, _: None = authorized
     ) -> SubmittedWorkflow:
         """Submit a workflow: jobs with the ids of the jobs they wait for, stored at once.
         A cycle or an unknown dependency is a 422 and stores nothing; a workflow_id that
-        exists adds nothing."""
-        return await service.submit_workflow(submission)
+        exists adds nothing (200, `duplicate`, the stored workflow's job ids)."""
+        submitted = await service.submit_workflow(submission)
+        if submitted.duplicate:
+            response.status_code = 200
+        return submitted
 
     @api.get("/api/workflows", response_model=list[WorkflowSummary], tags=["workflows"])
     async def list_workflows(

@@ -152,14 +152,14 @@ class Client:
         if there is no such job."""
         _cancelled(job_id, self.run(self._cancel(queue, job_id)))
 
-    def submit_workflow(self, plan: Plan, name: str = "") -> None:
+    def submit_workflow(self, plan: Plan, name: str = "") -> bool:
         """Store a checked workflow (see redwork.workflow.plan); submitting one whose id
-        exists adds nothing."""
+        exists adds nothing (returns False)."""
         if plan.queue not in self._known_queues:
             self.redis().sadd(QUEUES_KEY, plan.queue)
             self._known_queues.add(plan.queue)
         op = self._submit(plan, name)
-        _submitted(plan, self._retrying(partial(self.run, op), "submit a workflow"))
+        return _submitted(plan, self._retrying(partial(self.run, op), "submit a workflow"))
 
     def workflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
         return _workflow_found(
@@ -254,13 +254,14 @@ class Client:
     async def acancel(self, queue: str, job_id: str) -> None:
         _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
 
-    async def asubmit_workflow(self, plan: Plan, name: str = "") -> None:
+    async def asubmit_workflow(self, plan: Plan, name: str = "") -> bool:
         client = await self.aredis()
         if plan.queue not in self._known_queues:
             await client.sadd(QUEUES_KEY, plan.queue)
             self._known_queues.add(plan.queue)
         op = self._submit(plan, name)
-        _submitted(plan, await self._aretrying(partial(arun, client, op), "submit a workflow"))
+        reply = await self._aretrying(partial(arun, client, op), "submit a workflow")
+        return _submitted(plan, reply)
 
     async def aworkflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
         reply = await self.arun(self.queue(queue).workflow(workflow_id))
@@ -385,11 +386,13 @@ def _cancelled(job_id: str, replies: list[Code | str]) -> None:
         )
 
 
-def _submitted(plan: Plan, reply: Code | str) -> None:
+def _submitted(plan: Plan, reply: Code | str) -> bool:
     if reply is Code.DUPLICATE:
         log.info("workflow %s exists already; not submitted again", plan.id)
-    elif isinstance(reply, str):
+        return False
+    if isinstance(reply, str):
         raise WorkflowError(f"job {reply} exists already: a workflow's job ids must be new")
+    return True
 
 
 def _workflow_found(queue: str, workflow_id: str, reply: list[Any]) -> WorkflowRecord:

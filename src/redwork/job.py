@@ -259,6 +259,8 @@ class JobRecord:
     key: str | None = None
     progress: bytes | None = None
     """What the task last reported with app.report_progress() (JSON)."""
+    workflow: str | None = None
+    """The id of the workflow the job belongs to, if any."""
 
     @classmethod
     def from_hash(cls, queue: str, job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
@@ -287,6 +289,7 @@ class JobRecord:
             error=text("error"),
             key=text("key"),
             progress=fields.get(b"progress"),
+            workflow=text("wf"),
         )
 
     @property
@@ -314,6 +317,7 @@ class JobRecord:
             "queue": self.queue,
             "state": self.state.value,
             "key": self.key,
+            "workflow": self.workflow,
             "task": envelope.task if envelope else None,
             "args": envelope.args if envelope else None,
             "kwargs": envelope.kwargs if envelope else None,

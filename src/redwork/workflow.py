@@ -185,6 +185,13 @@ class Workflow:
         passing: Passing = "list" if pass_results is True else pass_results or None
         if passing not in (None, "one", "list"):
             raise WorkflowError(f"pass_results must be a bool, 'one' or 'list', not {passing!r}")
+        if passing is not None and not after:
+            raise WorkflowError("pass_results needs dependencies to take results from")
+        if passing == "one" and len(after) != 1:
+            raise WorkflowError(
+                f"pass_results='one' gives the single dependency's result, and there are "
+                f"{len(after)}: use pass_results=True for the list"
+            )
         return _attach(self, item, after, passing, collect)
 
     def exits(self) -> list[str]:
