@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from redwork import JobFailed, Redwork
+from redwork import JobFailed, Redwork, Workflow, WorkflowStatus, group
 from tests import tasks
 from tests.conftest import ROOT, ApiProcess, WorkerProcess, wait_for_event
 
@@ -36,6 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOT = ROOT / "test-output" / "dashboard.png"
+WORKFLOW_SCREENSHOT = ROOT / "test-output" / "workflow.png"
 TIMEOUT_MS = 20_000
 
 
@@ -265,4 +266,194 @@ def test_overview_shows_queues_workers_rates_and_events(
     page.screenshot(path=str(SCREENSHOT), full_page=True)
     assert SCREENSHOT.stat().st_size > 10_000
     print(f"dashboard screenshot: {SCREENSHOT}")
+    assert console.errors == []
+
+
+# -- workflows ------------------------------------------------------------------------------
+
+
+def graph_node(page: Page, node_id: str) -> Locator:
+    return page.locator(f'#wf-svg g.node[data-id="{node_id}"]')
+
+
+def workflow_field(page: Page, name: str) -> Locator:
+    return page.locator(f'#wf-fields dd[data-field="{name}"]')
+
+
+def test_workflow_graph_follows_its_jobs_live_and_opens_them(
+    api: ApiProcess,
+    page: Page,
+    console: Console,
+    app: Redwork,
+    spawn_worker: Callable[..., WorkerProcess],
+) -> None:
+    # A diamond with a failing branch: echo(5), then add(10) (bad arguments: it fails) and
+    # echo([5]), then total of both (skipped: one of its dependencies failed).
+    graph = Workflow()
+    top = graph.add(tasks.echo.s(5))
+    left = graph.add(tasks.add.s(10), depends_on=[top])
+    right = graph.add(tasks.echo.s(), depends_on=[top], pass_results=True)
+    graph.add(tasks.total.s(), depends_on=[left, right], pass_results=True)
+    handle = app.submit(graph, queue="flows", name="diamond")
+    nodes = handle.info().nodes
+    top_id, left_id, right_id, join_id = (n.id for n in nodes)
+    dependencies = {(d, n.id) for n in nodes for d in n.depends_on}
+    assert len(dependencies) == 4
+
+    # The overview lists the queue's workflows; the link opens the workflow's page.
+    page.goto(f"{api.url}/#/workflows/flows")
+    expect(page.locator("#workflows-queue")).to_have_value("flows")
+    row = page.locator(f'#workflows tr[data-workflow="{handle.id}"]')
+    expect(row.locator("td")).to_have_text(
+        [handle.id, "diamond", "pending", "0/4", "0", "0", "0", "0", re.compile(r"\d")]
+    )
+    row.get_by_role("link", name=handle.id).click()
+    expect(page).to_have_url(f"{api.url}/#/workflows/flows/{handle.id}")
+    expect(page.locator("#overview")).to_be_hidden()
+    expect(page.locator("#wf-id")).to_have_text(handle.id)
+    expect(workflow_field(page, "name")).to_have_text("diamond")
+    expect(workflow_field(page, "status")).to_have_text("pending")
+    expect(page.locator("#wf-cancel")).to_be_visible()
+    expect(page.locator("#wf-svg > title")).to_have_text(
+        f"Workflow {handle.id}: 4 jobs in 3 levels, 4 dependencies"
+    )
+    expect(page.locator("#wf-svg g.node")).to_have_count(4)
+    expect(graph_node(page, top_id)).to_have_attribute("data-state", "waiting")
+    expect(graph_node(page, top_id)).to_have_attribute("aria-label", f"echo {top_id}: waiting")
+    for node_id in (left_id, right_id, join_id):
+        expect(graph_node(page, node_id)).to_have_attribute("data-state", "pending")
+    # One edge per dependency, from the dependency to its dependant.
+    edges = page.locator("#wf-svg path.edge")
+    expect(edges).to_have_count(len(dependencies))
+    drawn = {
+        (edge.get_attribute("data-from"), edge.get_attribute("data-to")) for edge in edges.all()
+    }
+    assert drawn == dependencies
+    # Layered left to right: a column per level, the two branches in the middle one.
+    boxes = {n.id: graph_node(page, n.id).bounding_box() for n in nodes}
+    assert all(box is not None for box in boxes.values())
+    xs = {node_id: box["x"] for node_id, box in boxes.items() if box is not None}
+    assert xs[top_id] < xs[left_id] == xs[right_id] < xs[join_id]
+
+    # A mark on the document: if the page reloaded to show the update, it would be gone.
+    page.evaluate("window.notReloaded = true")
+    spawn_worker("-q", "flows")
+    expect(graph_node(page, top_id)).to_have_attribute("data-state", "completed")
+    expect(graph_node(page, left_id)).to_have_attribute("data-state", "failed")
+    expect(graph_node(page, right_id)).to_have_attribute("data-state", "completed")
+    expect(graph_node(page, join_id)).to_have_attribute("data-state", "skipped")
+    expect(graph_node(page, join_id)).to_have_attribute("aria-label", f"total {join_id}: skipped")
+    expect(workflow_field(page, "status")).to_have_text("failed")
+    expect(workflow_field(page, "ended")).to_have_text("4")
+    expect(page.locator("#wf-cancel")).to_be_hidden()
+    legend = ["pending 0", "waiting 0", "delayed 0", "active 0", "completed 2", "failed 1"]
+    expect(page.locator("#wf-legend li")).to_contain_text([*legend, "skipped 1", "cancelled 0"])
+    assert page.evaluate("window.notReloaded") is True
+    assert handle.info().status is WorkflowStatus.FAILED
+    WORKFLOW_SCREENSHOT.parent.mkdir(exist_ok=True)
+    shown = page.locator("#workflow").bounding_box()
+    assert shown is not None
+    bottom = shown["y"] + shown["height"] + 16
+    page.screenshot(
+        path=str(WORKFLOW_SCREENSHOT), clip={"x": 0, "y": 0, "width": 1280, "height": bottom}
+    )
+    assert WORKFLOW_SCREENSHOT.stat().st_size > 10_000
+    print(f"workflow screenshot: {WORKFLOW_SCREENSHOT}")
+
+    # A node opens its job's page; back, the graph again.
+    graph_node(page, left_id).click()
+    expect(page).to_have_url(f"{api.url}/#/job/flows/{left_id}")
+    expect(page.locator("#job-id")).to_have_text(left_id)
+    expect(job_field(page, "state")).to_have_text("failed")
+    expect(job_field(page, "reason")).to_have_text("bad_arguments")
+    page.go_back()
+    expect(graph_node(page, left_id)).to_have_attribute("data-state", "failed")
+    # And from the keyboard. A skipped job has ended: its page closes its stream.
+    graph_node(page, join_id).focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#job-id")).to_have_text(join_id)
+    expect(job_field(page, "state")).to_have_text("skipped")
+    expect(job_field(page, "reason")).to_have_text("dependency_failed")
+    page.wait_for_function("jobStream !== null && jobStream.readyState === EventSource.CLOSED")
+    assert console.errors == []
+
+
+def test_workflow_levels_are_ordered_to_uncross_edges(
+    api: ApiProcess, page: Page, console: Console, app: Redwork
+) -> None:
+    # Submit order puts c (after b) above d (after a): drawn as is, the edges would cross.
+    graph = Workflow()
+    a = graph.add(tasks.echo.s("a"))
+    b = graph.add(tasks.echo.s("b"))
+    graph.add(tasks.echo.s("c"), depends_on=[b])
+    graph.add(tasks.echo.s("d"), depends_on=[a])
+    handle = app.submit(graph, queue="flows")
+    a_id, b_id, c_id, d_id = (n.id for n in handle.info().nodes)
+    page.goto(f"{api.url}/#/workflows/flows/{handle.id}")
+    expect(page.locator("#wf-svg path.edge")).to_have_count(2)
+    tops = {}
+    for node_id in (a_id, b_id, c_id, d_id):
+        box = graph_node(page, node_id).bounding_box()
+        assert box is not None
+        tops[node_id] = box["y"]
+    assert tops[a_id] < tops[b_id]
+    assert tops[d_id] < tops[c_id]
+    assert tops[a_id] == tops[d_id] and tops[b_id] == tops[c_id]
+    assert console.errors == []
+
+
+def test_cancel_on_a_workflow_page_cancels_its_jobs(
+    api: ApiProcess, page: Page, console: Console, app: Redwork
+) -> None:
+    # No worker: both workflows stay pending until cancelled.
+    other = app.submit(group(tasks.echo.s(i) for i in range(3)), queue="flows")
+    handle = app.submit(group(tasks.echo.s(i) for i in range(3)), queue="flows", name="fan")
+    page.goto(f"{api.url}/#/workflows/flows")
+    other_status = page.locator(f'#workflows tr[data-workflow="{other.id}"] .badge')
+    expect(other_status).to_have_text("pending")
+    # Cancelled elsewhere: the list follows.
+    assert other.cancel() == 3
+    expect(other_status).to_have_text("cancelled")
+
+    page.goto(f"{api.url}/#/workflows/flows/{handle.id}")
+    expect(page.locator("#wf-svg g.node[data-state=waiting]")).to_have_count(3)
+    expect(page.locator("#wf-svg path.edge")).to_have_count(0)
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.locator("#wf-cancel").click()
+    expect(page.locator("#wf-svg g.node[data-state=cancelled]")).to_have_count(3)
+    expect(workflow_field(page, "status")).to_have_text("cancelled")
+    expect(workflow_field(page, "cancelled")).to_have_text("3")
+    expect(page.locator("#message")).to_have_text("workflow cancelled")
+    expect(page.locator("#wf-cancel")).to_be_hidden()
+    assert dialogs == [f"Cancel every job of workflow {handle.id} that has not started?"]
+    info = handle.info()
+    assert info.status is WorkflowStatus.CANCELLED
+    assert {n.state.value for n in info.nodes} == {"cancelled"}
+    assert console.errors == []
+
+
+def test_a_workflow_too_large_to_draw_is_summed_up_per_level(
+    api: ApiProcess, page: Page, console: Console, app: Redwork
+) -> None:
+    graph = Workflow()
+    members = graph.add(group(tasks.echo.s(i) for i in range(600)))
+    graph.add(tasks.total.s(), depends_on=[members], pass_results=True)
+    handle = app.submit(graph, queue="flows")
+    page.goto(f"{api.url}/#/workflows/flows/{handle.id}")
+    expect(workflow_field(page, "jobs")).to_have_text("601")
+    expect(page.locator("#wf-summary caption")).to_contain_text("601 jobs in 2 levels")
+    headings = page.locator("#wf-summary thead th").all_text_contents()
+    rows = page.locator("#wf-summary tbody tr")
+    expect(rows).to_have_count(2)
+    level = {name: i for i, name in enumerate(headings)}
+    expect(rows.nth(0).locator("td").nth(level["jobs"])).to_have_text("600")
+    expect(rows.nth(0).locator("td").nth(level["waiting"])).to_have_text("600")
+    expect(rows.nth(1).locator("td").nth(level["pending"])).to_have_text("1")
+    expect(page.locator("#wf-svg")).to_have_count(0)
     assert console.errors == []
