@@ -261,6 +261,26 @@ async def needs_file(value: Any, path: str) -> Any:
     return value
 
 
+@app.task(name="dag_node")
+async def dag_node(node: str, deps: list[str], seconds: float) -> int:
+    """A node of tests/test_workflow_chaos.py's random graph. Each run is counted in the
+    hash test:dag:runs; a dependency whose effect is not applied at version 1 yet is
+    RPUSHed to test:dag:violations. Its own effect, the state entry `node` (with the
+    dependencies' versions it saw), is staged with etag 0 (must not exist yet), so it
+    commits once, with the job's completion. Returns the attempt."""
+    job = current_job()
+    client = await app.client.aredis()
+    await client.hincrby("test:dag:runs", node, 1)
+    seen = await app.state("dag").aget_many(deps)
+    versions = {dep: None if item is None else item.etag for dep, item in seen.items()}
+    for dep, version in versions.items():
+        if version != 1:
+            await client.rpush("test:dag:violations", f"{node} ran with {dep} at {version}")
+    await asyncio.sleep(seconds)
+    app.state("dag").staged().save(node, {"saw": versions, "attempt": job.attempt}, etag=0)
+    return job.attempt
+
+
 @app.task(name="client_url")
 async def client_url() -> str:
     """The server the app's own client (state stores, progress) talks to."""
