@@ -21,7 +21,8 @@ from redwork import (
     chord,
     group,
 )
-from redwork.queue import Queue
+from redwork.queue import Completion, Failure, Queue
+from redwork.scripts import Code
 from tests.tasks import add, boom, echo, flaky, needs_file, outcomes, sleep, total
 
 WAIT = 20.0
@@ -221,3 +222,31 @@ def test_resubmitting_a_workflow_id_adds_nothing(app: Redwork, r: redis.Redis) -
     assert again.id == first.id
     assert r.llen(Queue("default").wait) == 1
     assert first.info().counts["total"] == 2
+
+
+def test_a_stale_delivery_can_neither_complete_a_node_nor_release_its_dependants_twice(
+    app: Redwork, r: redis.Redis
+) -> None:
+    handle = app.submit(chain(echo.s(1), echo.s()))
+    first, second = (n.id for n in handle.info().nodes)
+    queue = Queue(handle.queue)
+    # Delivery 1's lease runs out at once (0 ms): recovered, then leased again.
+    (stale,) = app.client.run(queue.fetch(1, 0, "w1", 1 << 20)).deliveries
+    assert app.client.run(queue.recover(max_losses=10)) == (1, 0)
+    (fresh,) = app.client.run(queue.fetch(1, 60_000, "w2", 1 << 20)).deliveries
+    assert fresh.token > stale.token
+
+    refused = app.client.run(queue.complete([Completion(first, stale.token, b"1")], 60))
+    assert refused == [Code.LEASE_LOST]
+    assert app.client.job(handle.queue, second).state is JobState.PENDING
+    assert r.llen(queue.wait) == 0
+
+    done = app.client.run(queue.complete([Completion(first, fresh.token, b"1")], 60))
+    assert done == [Code.OK]
+    again = app.client.run(queue.complete([Completion(first, fresh.token, b"1")], 60))
+    assert again == [Code.ALREADY_DONE]
+    assert r.lrange(queue.wait, 0, -1) == [second.encode()]  # released once
+    assert handle.info().counts["succeeded"] == 1
+    late_failure = app.client.run(queue.fail([Failure(first, stale.token, "exception", "x")]))
+    assert late_failure == [Code.LEASE_LOST]
+    assert app.client.job(handle.queue, second).state is JobState.WAITING
