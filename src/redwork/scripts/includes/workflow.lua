@@ -70,22 +70,22 @@ local function finish_workflow(q, wid, now)
   redis.call('PUBLISH', wf_key, status)
 end
 
--- Count `n` nodes of the workflow as ended with `outcome` (a counter of its hash).
-local function count_ended(q, wid, outcome, n, now)
+-- Count `n` nodes of the workflow (of `total` nodes) as ended with `outcome` (a counter
+-- of its hash).
+local function count_ended(q, wid, total, outcome, n, now)
   if n == 0 then return end
   local wf_key = workflow_key(q, wid)
   redis.call('HINCRBY', wf_key, outcome, n)
-  if redis.call('HINCRBY', wf_key, 'ended', n) >= tonumber(redis.call('HGET', wf_key, 'total')) then
-    finish_workflow(q, wid, now)
-  end
+  if redis.call('HINCRBY', wf_key, 'ended', n) >= total then finish_workflow(q, wid, now) end
 end
 
 -- Node `id` of workflow `wid` has ended: 'succeeded', 'failed' or 'cancelled'. Its
 -- pending dependants count it as resolved (released when it was the last), or, when it
 -- did not succeed and they do not collect, are skipped, and theirs after them.
 local function node_ended(q, wid, id, outcome, now)
-  if redis.call('EXISTS', workflow_key(q, wid)) == 0 then return end  -- expired: a lone job
-  local cancelled = redis.call('HGET', workflow_key(q, wid), 'status') == 'cancelled'
+  local wf = redis.call('HMGET', workflow_key(q, wid), 'status', 'total')
+  if not wf[1] then return end  -- expired: a lone job now
+  local cancelled, total = wf[1] == 'cancelled', tonumber(wf[2])
   local skipped = 0
   local walk = { { id, outcome == 'succeeded' } }
   local i = 1
@@ -110,8 +110,8 @@ local function node_ended(q, wid, id, outcome, now)
     end
     i = i + 1
   end
-  count_ended(q, wid, 'skipped', skipped, now)
-  count_ended(q, wid, outcome, 1, now)
+  count_ended(q, wid, total, 'skipped', skipped, now)
+  count_ended(q, wid, total, outcome, 1, now)
 end
 
 -- A failed node sent back to the queue: its workflow runs again, and the dependants it
