@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from redwork import Redwork
 
@@ -47,3 +48,17 @@ async def state_staged(key: str, value: int) -> None:
     """One staged write: no round trip here, it travels with the job's completion and is
     applied by the complete script in the same atomic step."""
     app.state("bench").staged().save(key, value)
+
+
+@app.task(name="bench.step")
+async def step(previous: Any = None) -> None:
+    """A no-op for workflows (bench/workflow.py): a chain's step is given the previous
+    step's result (None) as its first argument, the first step nothing. The baselines
+    without a workflow run it too, so that every job carries the same document."""
+
+
+@app.task(name="bench.gather")
+async def gather(results: list[Any]) -> int:
+    """A chord's callback: given the results of its members, in member order. Returns
+    how many it was given, which the benchmark checks."""
+    return len(results)
