@@ -20,7 +20,7 @@ import redis
 
 from redwork import Redwork, Settings, Worker
 from redwork.queue import Queue
-from redwork.server import ServerProcess
+from redwork.server import ServerProcess, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases and waits keep fault tests fast; every wait in them is an event.
@@ -220,20 +220,9 @@ class ApiProcess:
         )
         self._wait_until_listening()
 
-    def _wait_until_listening(self, timeout: float = 30.0) -> None:
-        import socket
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redwork serve exited with {self.proc.returncode}")
-            try:
-                # Uvicorn listens only once the app's start-up (the hub's subscription) is done.
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)  # nothing to wait on but the port itself
-        raise TimeoutError("redwork serve did not listen in time")
+    def _wait_until_listening(self) -> None:
+        # Uvicorn listens only once the app's start-up (the hub's subscription) is done.
+        wait_listening(self.port, self.proc)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

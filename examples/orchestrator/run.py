@@ -14,10 +14,8 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,19 +26,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from client import run_task, show  # noqa: E402
 
-from redwork.server import free_port, given_or_private  # noqa: E402
+from redwork.server import free_port, given_or_private, wait_listening  # noqa: E402
 from redwork.supervisor import worker_command  # noqa: E402
-
-
-def wait_listening(port: int, api: subprocess.Popen[bytes]) -> None:
-    while True:
-        if api.poll() is not None:
-            raise SystemExit("redwork serve did not start")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # nothing to wait on but the port
 
 
 def show_results(url: str, task: dict[str, Any]) -> bool:

@@ -8,29 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from client import follow  # noqa: E402
 
-from redwork.server import free_port, given_or_private  # noqa: E402
+from redwork.server import free_port, given_or_private, wait_listening  # noqa: E402
 from redwork.supervisor import worker_command  # noqa: E402
-
-
-def wait_listening(port: int, api: subprocess.Popen[bytes]) -> None:
-    while True:
-        if api.poll() is not None:
-            raise SystemExit("redwork serve did not start")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)  # nothing to wait on but the port
 
 
 def main() -> int:

@@ -56,6 +56,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_listening(port: int, process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """Block until something accepts connections on the loopback `port`; raises
+    RuntimeError if `process` (the one meant to listen there) exits first, TimeoutError
+    after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the process for port {port} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # nothing to wait on but the port itself
+    raise TimeoutError(f"nothing listened on port {port} within {timeout}s")
+
+
 def find_server_binary(prefer: str | None = None) -> str:
     """Path of the valkey-server to run: the embedded one, or `prefer` (a name or a path)."""
     if prefer is None:
