@@ -270,9 +270,13 @@ def _timeout(n: int) -> float:
 # -- variants ------------------------------------------------------------------------
 
 
-def batch(b: Bench, sizes: Sizes, n: int, profile: bool = False) -> dict[str, Any]:
-    """n no-op jobs, no workflow: one enqueue_many call into idle workers, drained."""
-    envelopes = [step.prepare() for _ in range(n)]
+def _enqueue_and_drain(
+    b: Bench, sizes: Sizes, envelopes: list[Any], profile: bool
+) -> tuple[list[str], dict[str, Any], int, int]:
+    """Enqueue the jobs with one enqueue_many call into idle workers and wait until all
+    completed. Returns their ids; jobs, end to end, submit time and the run's meters;
+    and the server times (ms) of the first start and the last end."""
+    n = len(envelopes)
     with idle_workers(b, sizes) as workers:
         meter = Meter(b, workers, profile)
         t0 = time.time()
@@ -282,14 +286,18 @@ def batch(b: Bench, sizes: Sizes, n: int, profile: bool = False) -> dict[str, An
         run = meter.stop(n, polls)
     b.check_no_failures()
     first, last, _ = b.span_ms(ids)
-    end_to_end = last / 1000 - t0
+    figures = {"jobs": n, "end_to_end_s": last / 1000 - t0, "submit_s": submit_s, **run}
+    return ids, figures, first, last
+
+
+def batch(b: Bench, sizes: Sizes, n: int, profile: bool = False) -> dict[str, Any]:
+    """n no-op jobs, no workflow: one enqueue_many call into idle workers, drained."""
+    envelopes = [step.prepare() for _ in range(n)]
+    _, figures, first, last = _enqueue_and_drain(b, sizes, envelopes, profile)
     return {
-        "jobs": n,
-        "end_to_end_s": end_to_end,
-        "submit_s": submit_s,
-        "jobs_per_s": n / end_to_end,
+        **figures,
+        "jobs_per_s": n / figures["end_to_end_s"],
         "first_start_to_last_end_s": (last - first) / 1000,
-        **run,
     }
 
 
@@ -299,23 +307,11 @@ def keyed_sequence(b: Bench, sizes: Sizes, n: int, profile: bool = False) -> dic
     releases its next step. One enqueue_many call into idle workers."""
     keyed = step.options(key=SEQUENCE_KEY)
     envelopes = [keyed.prepare() for _ in range(n)]
-    with idle_workers(b, sizes) as workers:
-        meter = Meter(b, workers, profile)
-        t0 = time.time()
-        ids = [h.id for h in app.enqueue_many(envelopes)]
-        submit_s = time.time() - t0
-        polls = b.wait_completed(n, workers, _timeout(n))
-        run = meter.stop(n, polls)
-    b.check_no_failures()
-    _, last, _ = b.span_ms(ids)
-    end_to_end = last / 1000 - t0
+    ids, figures, _, _ = _enqueue_and_drain(b, sizes, envelopes, profile)
     return {
-        "jobs": n,
-        "end_to_end_s": end_to_end,
-        "submit_s": submit_s,
-        "per_job_ms": 1000 * end_to_end / n,
+        **figures,
+        "per_job_ms": 1000 * figures["end_to_end_s"] / n,
         "order_violations": order_violations(b, ids),
-        **run,
     }
 
 
