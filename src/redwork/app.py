@@ -4,8 +4,11 @@ decorator, and job handles for what was enqueued."""
 from __future__ import annotations
 
 import inspect
+import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import orjson
@@ -20,6 +23,8 @@ from redwork.job import (
     RetryPolicy,
     check_key,
     check_name,
+    check_priority,
+    check_unique_policy,
     new_job_id,
     now_ms,
 )
@@ -119,6 +124,12 @@ class TaskOptions:
     key: str | None = None
     idempotency_key: str | None = None
     meta: dict[str, Any] | None = None
+    priority: int = 0
+    retry_priority: int | None = None
+    countdown: float | None = None
+    eta: datetime | float | None = None
+    unique_key: str | None = None
+    unique: str = "reject"
 
 
 class Task(Generic[P, R]):
@@ -142,7 +153,10 @@ class Task(Generic[P, R]):
         queue, timeout, retries, backoff, meta; job_id (an id of your own: enqueueing it
         twice adds one job); key (jobs of one key run one at a time, in enqueue order);
         idempotency_key (a second enqueue with the same key within `idempotency_ttl`
-        adds nothing and gives back the first job)."""
+        adds nothing and gives back the first job); priority (0-9, higher first) and
+        retry_priority (the priority of its retries); countdown (seconds) or eta (a
+        datetime, or a Unix time in seconds): when it may start; unique_key with unique=
+        "reject" or "replace" (see docs/scheduling.md)."""
         retry = self.defaults.retry
         if "retries" in changes:
             retry = replace(retry, max_attempts=int(changes.pop("retries")) + 1)
@@ -170,6 +184,15 @@ class Task(Generic[P, R]):
                 else check_key("idempotency key", o.idempotency_key)
             ),
             meta=o.meta or {},
+            priority=check_priority("priority", o.priority),
+            retry_priority=(
+                None
+                if o.retry_priority is None
+                else check_priority("retry priority", o.retry_priority)
+            ),
+            unique_key=None if o.unique_key is None else check_key("unique key", o.unique_key),
+            unique_policy=check_unique_policy(o.unique),
+            delay_ms=_delay_ms(o.countdown, o.eta),
         )
 
     def s(self, *args: Any, **kwargs: Any) -> Envelope:
@@ -183,6 +206,22 @@ class Task(Generic[P, R]):
 
     async def aenqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle:
         return (await self.app.aenqueue_many([self.prepare(*args, **kwargs)]))[0]
+
+
+def _delay_ms(countdown: float | None, eta: datetime | float | None) -> int | None:
+    """Milliseconds from now until a job may start, or None to start at once. An eta
+    is turned into a delay here: the server counts it on its own clock, which every
+    worker shares."""
+    if countdown is not None and eta is not None:
+        raise ValueError("give countdown or eta, not both")
+    if eta is not None:
+        at = eta.timestamp() if isinstance(eta, datetime) else float(eta)
+        countdown = at - time.time()
+    if countdown is None:
+        return None
+    if not math.isfinite(countdown):
+        raise ValueError(f"countdown {countdown!r} is not a finite number of seconds")
+    return max(0, math.ceil(countdown * 1000))
 
 
 class TaskDecorator(Protocol):
@@ -224,6 +263,8 @@ class Redwork:
         timeout: float | None = None,
         backoff: float = 1.0,
         backoff_max: float = 300.0,
+        priority: int = 0,
+        retry_priority: int | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -236,15 +277,22 @@ class Redwork:
         timeout: float | None = None,
         backoff: float = 1.0,
         backoff_max: float = 300.0,
+        priority: int = 0,
+        retry_priority: int | None = None,
     ) -> Any:
         """Register a function (plain or `async def`) as a task.
 
         retries: extra attempts after a failure, with exponential backoff from `backoff`
-        seconds up to `backoff_max`; timeout: seconds one attempt may run."""
+        seconds up to `backoff_max`; timeout: seconds one attempt may run; priority:
+        0-9, higher first; retry_priority: the priority its retries run at."""
         options = TaskOptions(
             queue=check_name("queue name", queue),
             retry=RetryPolicy(max_attempts=retries + 1, backoff=backoff, backoff_max=backoff_max),
             timeout=timeout,
+            priority=check_priority("priority", priority),
+            retry_priority=(
+                None if retry_priority is None else check_priority("retry priority", retry_priority)
+            ),
         )
 
         def register(f: Callable[..., Any]) -> Task[Any, Any]:

@@ -310,7 +310,20 @@ class Client:
         """Encode every job first: a batch with one bad job stores nothing."""
         limit = self.settings.max_payload
         jobs = [
-            (self.queue(e.queue), NewJob(e.id, e.encode(limit), e.key, e.idempotency_key))
+            (
+                self.queue(e.queue),
+                NewJob(
+                    e.id,
+                    e.encode(limit),
+                    e.key,
+                    e.idempotency_key,
+                    e.priority,
+                    e.retry_priority,
+                    e.delay_ms,
+                    e.unique_key,
+                    e.unique_policy,
+                ),
+            )
             for e in envelopes
         ]
         chunks = list(_chunks(jobs))
@@ -319,7 +332,10 @@ class Client:
             ids=[e.id for e in envelopes],
             new_queues={e.queue for e in envelopes} - self._known_queues,
             chunks=chunks,
-            ops=[queue.enqueue(queued, idempotency_ms) for queue, queued in chunks],
+            ops=[
+                queue.enqueue(queued, idempotency_ms, self.settings.result_ttl)
+                for queue, queued in chunks
+            ],
         )
 
     def _enqueued(self, plan: _EnqueuePlan, replies: list[list[Code | str]]) -> list[str]:
@@ -331,10 +347,10 @@ class Client:
                     log.info("job %s exists already; not enqueued again", job.id)
                 elif isinstance(code, str):
                     log.info(
-                        "idempotency key %r was used by job %s; %s not enqueued",
-                        job.idempotency_key,
-                        code,
+                        "job %s not enqueued: job %s holds its %s",
                         job.id,
+                        code,
+                        "uniqueness key" if job.unique_key else "idempotency key",
                     )
                     first_ids[job.id] = code
         return [first_ids.get(job_id, job_id) for job_id in plan.ids]

@@ -82,6 +82,24 @@ def check_key(kind: str, key: str) -> str:
     return key
 
 
+MAX_PRIORITY = 9
+UNIQUE_POLICIES = ("reject", "replace")
+
+
+def check_priority(kind: str, priority: int) -> int:
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValueError(f"{kind} {priority!r} is invalid: use an integer from 0 to {MAX_PRIORITY}")
+    if not 0 <= priority <= MAX_PRIORITY:
+        raise ValueError(f"{kind} {priority} is out of range: use 0 to {MAX_PRIORITY}")
+    return priority
+
+
+def check_unique_policy(policy: str) -> str:
+    if policy not in UNIQUE_POLICIES:
+        raise ValueError(f"unique policy {policy!r} is invalid: use reject or replace")
+    return policy
+
+
 def new_job_id() -> str:
     """128 random bits as 32 hex digits (what uuid4().hex gives, without building a UUID)."""
     return os.urandom(16).hex()
@@ -128,6 +146,10 @@ class Envelope:
     args: list[Any] = field(default_factory=list)
     kwargs: dict[str, Any] = field(default_factory=dict)
     priority: int = 0
+    """0 to 9: a job of a higher priority starts before any of a lower one."""
+    retry_priority: int | None = None
+    """The priority of the job's retries, when they should run at another (seed 001:
+    retried jobs go first)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None
     enqueued_at: int = 0
@@ -135,7 +157,16 @@ class Envelope:
     """Per-key ordering: jobs of one key never run at once, and start in enqueue order."""
     workflow: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    unique_key: str | None = None
+    """At most one job per uniqueness key is queued or running (see unique_policy)."""
+    unique_policy: str = "reject"
+    """What a second enqueue of a uniqueness key does: reject (nothing is added, the
+    existing job's id comes back) or replace (a job that has not started is cancelled and
+    this one takes its place; a running one still rejects)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    delay_ms: int | None = None
+    """Not part of the document: the job becomes runnable this many ms after the server
+    stores it (countdown, or an eta turned into one)."""
 
     def encode(self, max_bytes: int) -> bytes:
         """The JSON document; optional fields at their default are left out."""
@@ -150,6 +181,8 @@ class Envelope:
         }
         if self.priority:
             document["priority"] = self.priority
+        if self.retry_priority is not None:
+            document["retry_priority"] = self.retry_priority
         retry = self.retry
         if retry != _DEFAULT_RETRY:
             document["max_attempts"] = retry.max_attempts
@@ -164,6 +197,9 @@ class Envelope:
             document["workflow"] = self.workflow
         if self.idempotency_key is not None:
             document["idempotency_key"] = self.idempotency_key
+        if self.unique_key is not None:
+            document["unique_key"] = self.unique_key
+            document["unique_policy"] = self.unique_policy
         if self.meta:
             document["meta"] = self.meta
         try:
@@ -189,12 +225,15 @@ class Envelope:
                 args=call.args,
                 kwargs=call.kwargs,
                 priority=int(doc.get("priority", 0)),
+                retry_priority=doc.get("retry_priority"),
                 retry=RetryPolicy.of(doc),
                 timeout=call.timeout,
                 enqueued_at=int(doc.get("enqueued_at", 0)),
                 key=doc.get("key"),
                 workflow=doc.get("workflow"),
                 idempotency_key=doc.get("idempotency_key"),
+                unique_key=doc.get("unique_key"),
+                unique_policy=doc.get("unique_policy", "reject"),
                 meta=doc.get("meta") or {},
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -261,6 +300,11 @@ class JobRecord:
     """What the task last reported with app.report_progress() (JSON)."""
     workflow: str | None = None
     """The id of the workflow the job belongs to, if any."""
+    priority: int = 0
+    due_at: int | None = None
+    """For a job enqueued with a delay: when it becomes runnable (server ms)."""
+    cancel_requested: bool = False
+    """Set on a running job asked to stop (see Worker: abort)."""
 
     @classmethod
     def from_hash(cls, queue: str, job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
@@ -290,6 +334,9 @@ class JobRecord:
             key=text("key"),
             progress=fields.get(b"progress"),
             workflow=text("wf"),
+            priority=number("priority") or 0,
+            due_at=number("due_at"),
+            cancel_requested=b"abort" in fields,
         )
 
     @property
@@ -318,6 +365,9 @@ class JobRecord:
             "state": self.state.value,
             "key": self.key,
             "workflow": self.workflow,
+            "priority": self.priority,
+            "due_at": self.due_at,
+            "cancel_requested": self.cancel_requested,
             "task": envelope.task if envelope else None,
             "args": envelope.args if envelope else None,
             "kwargs": envelope.kwargs if envelope else None,

@@ -153,6 +153,30 @@ class NewJob:
     key: str | None = None
     """Per-key ordering: jobs of one key run one at a time, in enqueue order."""
     idempotency_key: str | None = None
+    priority: int = 0
+    retry_priority: int | None = None
+    delay_ms: int | None = None
+    """Runnable this many ms after the server stores it (delayed until then)."""
+    unique_key: str | None = None
+    unique_policy: str = "reject"
+
+    def as_args(self) -> tuple[str | bytes | int, ...]:
+        """The nine fields of enqueue.lua, '' for each one not given."""
+
+        def given(value: str | int | None) -> str | int:
+            return "" if value is None else value
+
+        return (
+            self.id,
+            self.data,
+            given(self.key),
+            given(self.idempotency_key),
+            self.priority,
+            given(self.retry_priority),
+            given(self.delay_ms),
+            given(self.unique_key),
+            self.unique_policy if self.unique_key is not None else "",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +280,7 @@ class Queue:
         self.wait, self.active, self.delayed = p + "wait", p + "active", p + "delayed"
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
-        self.workflows = p + "workflows"
+        self.workflows, self.levels = p + "workflows", p + "levels"
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -264,11 +288,14 @@ class Queue:
     def job_channel(self, job_id: str) -> str:
         return self.job_key(job_id)
 
-    def enqueue(self, jobs: Iterable[NewJob], idempotency_ms: int) -> Op[list[Code | str]]:
-        args: list[str | bytes | int] = [self.prefix, self.name, idempotency_ms]
+    def enqueue(
+        self, jobs: Iterable[NewJob], idempotency_ms: int, ttl: int = 86_400
+    ) -> Op[list[Code | str]]:
+        """`ttl`: seconds a job replaced under its uniqueness key is kept."""
+        args: list[str | bytes | int] = [self.prefix, self.name, idempotency_ms, ttl]
         for job in jobs:
-            args += (job.id, job.data, job.key or "", job.idempotency_key or "")
-        keys = (self.wait, self.marker, self.events, self.stats)
+            args += job.as_args()
+        keys = (self.wait, self.marker, self.events, self.stats, self.delayed)
         return Op(_code_or_text, load("enqueue"), keys, args)
 
     def fetch(self, count: int, lease_ms: int, worker_id: str, max_bytes: int) -> Op[Fetched]:
@@ -419,7 +446,15 @@ class Queue:
                 int(held),
             )
 
-        keys = (self.wait, self.active, self.delayed, self.failed, self.stats, self.held)
+        keys = (
+            self.wait,
+            self.active,
+            self.delayed,
+            self.failed,
+            self.stats,
+            self.held,
+            self.levels,
+        )
         return Op(parse, load("counts"), keys, ())
 
     def submit_workflow(

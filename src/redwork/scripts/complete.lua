@@ -56,7 +56,7 @@ for i = 4, #ARGV, 4 do
   end
   if code == OK then
     redis.call('HSET', key, 'state', 'completed', 'result', ARGV[i + 2], 'finished_at', now)
-    release_key(q, id)
+    release_holds(q, id)
     done[#done + 1] = id
     ended[#ended + 1] = id
     note('completed', id, attempt)

@@ -1,51 +1,103 @@
---[[ enqueue: add jobs to the queue (new -> waiting). A keyed job whose key's head is
-still in circulation waits behind it, in order (see release_key in common).
-KEYS[1] wait      LIST of job ids, pushed on the left, fetched from the right
+--[[ enqueue: add jobs to the queue (new -> waiting, or new -> delayed for a job given a
+delay). A keyed job whose key's head is still in circulation waits behind it, in order
+(see release_holds in common); a delayed keyed job joins its key's line when it is due.
+KEYS[1] wait      LIST of job ids of priority 0, pushed on the left, fetched from the right
 KEYS[2] marker    ZSET with one member, woken workers block on it
 KEYS[3] events    STREAM and pub/sub channel of job events
 KEYS[4] stats     HASH of counters
+KEYS[5] delayed   ZSET job id -> due time (ms)
 ARGV[1] prefix    "rw:{queue}:" (job hashes are prefix .. "job:" .. id)
 ARGV[2] queue     queue name
 ARGV[3] idem_ms   how long an idempotency key is remembered
-ARGV[4..]         quadruples: job id, job document (JSON), key ('' for none),
-                  idempotency key ('' for none)
+ARGV[4] ttl       seconds a job replaced under its uniqueness key is kept (cancelled)
+ARGV[5..]         nine fields per job: id, job document (JSON), key, idempotency key,
+                  priority (0-9), priority of retries, delay in ms, uniqueness key,
+                  uniqueness policy ('reject' or 'replace'); '' for each one not given
 Returns one reply per job: OK; DUPLICATE when the id already exists (a retried enqueue
-whose first reply was lost is applied once); or, when the idempotency key was seen
-within idem_ms, the id of the job enqueued with it (nothing is added).
+whose first reply was lost is applied once); or the id of the job that kept this one out
+(nothing is added): the job enqueued with the same idempotency key within idem_ms, or
+the job queued or running under the same uniqueness key (with policy 'replace', a job
+that has not started is cancelled instead, and this one takes its place).
 ]]
 -- @include common
-local q = { prefix = ARGV[1], wait = KEYS[1], marker = KEYS[2] }
-local queue, idem_ms = ARGV[2], ARGV[3]
+local q = { prefix = ARGV[1], wait = KEYS[1], marker = KEYS[2], delayed = KEYS[5] }
+local queue, idem_ms, ttl = ARGV[2], ARGV[3], ARGV[4]
 local now = now_ms()
-local replies, added = {}, {}
-local enqueued = 0
-for i = 4, #ARGV, 4 do
+local replies, added, priorities = {}, {}, {}
+local enqueued, delayed, replaced = 0, 0, 0
+
+-- The job holding uniqueness key u, if it has not ended.
+local function unique_holder(u)
+  local holder = redis.call('GET', q.prefix .. 'unique:' .. u)
+  if not holder then return false end
+  local state = redis.call('HGET', q.prefix .. 'job:' .. holder, 'state')
+  if state == 'waiting' or state == 'delayed' or state == 'active' or state == 'pending' then
+    return holder
+  end
+  return false
+end
+
+for i = 5, #ARGV, 9 do
   local id, key, idem = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  local priority, retry_priority, delay = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local unique, policy = ARGV[i + 7], ARGV[i + 8]
   local job_key = q.prefix .. 'job:' .. id
+  local idem_key = idem ~= '' and q.prefix .. 'idem:' .. idem
   local reply = OK
   if redis.call('EXISTS', job_key) == 1 then
     reply = DUPLICATE
-  elseif idem ~= '' and not redis.call('SET', q.prefix .. 'idem:' .. idem, id, 'NX', 'PX', idem_ms) then
-    reply = redis.call('GET', q.prefix .. 'idem:' .. idem)
   else
-    -- attempt, token and losses start absent, read as 0: less for the server to write.
-    if key == '' then
-      redis.call('HSET', job_key, 'data', ARGV[i + 1], 'state', 'waiting', 'enqueued_at', now)
-      added[#added + 1] = id
-    else
-      redis.call('HSET', job_key, 'data', ARGV[i + 1], 'state', 'waiting', 'enqueued_at', now,
-        'key', key)
-      if admit(q, id, key, false) then added[#added + 1] = id end
+    reply = idem_key and redis.call('GET', idem_key) or OK
+    if reply == OK and unique ~= '' then
+      local holder = unique_holder(unique)
+      if holder and policy == 'replace' and cancel_unstarted(q, holder, ttl, now) == OK then
+        replaced = replaced + 1
+        holder = false
+      end
+      reply = holder or OK
     end
-    note('enqueued', id, 0)
+  end
+  if reply == OK then
+    if idem_key then redis.call('SET', idem_key, id, 'PX', idem_ms) end
+    -- attempt, token and losses start absent, read as 0: less for the server to write.
+    local fields = { 'data', ARGV[i + 1], 'state', 'waiting', 'enqueued_at', now }
+    local function add(name, value)
+      if value ~= '' and value ~= '0' then
+        fields[#fields + 1] = name
+        fields[#fields + 1] = value
+      end
+    end
+    add('key', key)
+    add('priority', priority)
+    add('retry_priority', retry_priority)
+    if unique ~= '' then
+      add('unique', unique)
+      redis.call('SET', q.prefix .. 'unique:' .. unique, id)
+    end
+    if delay ~= '' then
+      local due = now + tonumber(delay)
+      fields[4] = 'delayed'
+      add('due_at', tostring(due))
+      redis.call('HSET', job_key, unpack(fields))
+      redis.call('ZADD', q.delayed, due, id)
+      note('delayed', id, 0)
+      delayed = delayed + 1
+    else
+      redis.call('HSET', job_key, unpack(fields))
+      if key == '' or admit(q, id, key, false) then
+        added[#added + 1] = id
+        priorities[#added] = priority
+      end
+      note('enqueued', id, 0)
+    end
     enqueued = enqueued + 1
   end
   replies[#replies + 1] = reply
 end
-if #added > 0 then
-  call_chunked('LPUSH', KEYS[1], added)
-  redis.call('ZADD', KEYS[2], 0, 'm')
-end
+if #added > 0 then push_waiting(q, added, priorities, false) end
+-- A delayed job wakes an idle worker too, so that it waits for the new due time.
+if #added + delayed > 0 then redis.call('ZADD', q.marker, 0, 'm') end
 if enqueued > 0 then redis.call('HINCRBY', KEYS[4], 'enqueued', enqueued) end
+if replaced > 0 then redis.call('HINCRBY', KEYS[4], 'cancelled', replaced) end
 flush_events(KEYS[3], queue, now)
 return replies

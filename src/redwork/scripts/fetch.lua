@@ -1,5 +1,6 @@
---[[ fetch: lease up to N jobs to a worker (delayed -> waiting when due, waiting -> active).
-KEYS[1] wait      LIST of waiting job ids
+--[[ fetch: lease up to N jobs to a worker (delayed -> waiting when due, waiting -> active),
+the highest priority first (see push_waiting in common).
+KEYS[1] wait      LIST of waiting job ids of priority 0 (wait:<p> for priority p)
 KEYS[2] active    ZSET job id -> lease deadline (ms)
 KEYS[3] delayed   ZSET job id -> due time (ms)
 KEYS[4] failed    ZSET job id -> time it failed (ms)
@@ -22,7 +23,8 @@ its worker before is delivered alone.
 ]]
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
-local q = { prefix = prefix, wait = KEYS[1], failed = KEYS[4], marker = KEYS[5] }
+local q = { prefix = prefix, wait = KEYS[1], failed = KEYS[4], marker = KEYS[5],
+  levels = prefix .. 'levels' }
 local count = tonumber(ARGV[3])
 local worker = ARGV[5]
 local max_bytes = tonumber(ARGV[6])
@@ -31,14 +33,36 @@ local deadline_ms = now + tonumber(ARGV[4])
 
 local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, CHUNK)
 if #due > 0 then
+  local promoted, priorities = {}, {}
   for _, id in ipairs(due) do
     local key = prefix .. 'job:' .. id
+    local job = redis.call('HMGET', key, 'attempt', 'priority', 'key')
     redis.call('HSET', key, 'state', 'waiting')
-    note('promoted', id, redis.call('HGET', key, 'attempt'))
+    note('promoted', id, job[1])
+    -- A job delayed at enqueue joins its key's line now; a retry is its key's head.
+    if admit(q, id, job[3], false) then
+      promoted[#promoted + 1] = id
+      priorities[#promoted] = job[2]
+    end
   end
   call_chunked('ZREM', KEYS[3], due)
-  call_chunked('LPUSH', KEYS[1], due)
+  push_waiting(q, promoted, priorities, false)
 end
+
+-- Strictly by priority: the highest level first, then down to the plain list.
+local ids, origins = {}, {}
+local function take(list, level, n)
+  for _, id in ipairs(redis.call('RPOP', list, n) or {}) do
+    ids[#ids + 1] = id
+    origins[#ids] = level
+  end
+end
+for _, level in ipairs(redis.call('ZREVRANGE', q.levels, 0, -1)) do
+  local list = KEYS[1] .. ':' .. level
+  if #ids < count then take(list, level, count - #ids) end
+  if redis.call('LLEN', list) == 0 then redis.call('ZREM', q.levels, level) end
+end
+if #ids < count then take(KEYS[1], 0, count - #ids) end
 
 local function bury(id, reason, message, attempt)
   to_failed_store(q, id, reason, message, attempt, now)
@@ -47,7 +71,6 @@ end
 
 local out = { -1 }
 local leases = {}
-local ids = redis.call('RPOP', KEYS[1], count) or {}
 local i = 1
 while i <= #ids do
   local id = ids[i]
@@ -98,15 +121,11 @@ while i <= #ids do
   end
   i = i + 1
 end
-if i <= #ids then
-  -- Put back what this fetch did not take, in the same order, to be taken next.
-  local rest = {}
-  for j = #ids, i, -1 do rest[#rest + 1] = ids[j] end
-  call_chunked('RPUSH', KEYS[1], rest)
-end
+-- Put back what this fetch did not take, in the same order, to be taken next.
+for j = #ids, i, -1 do push_waiting(q, { ids[j] }, { origins[j] }, true) end
 if #leases > 0 then call_chunked('ZADD', KEYS[2], leases, 2) end
 
-if redis.call('LLEN', KEYS[1]) > 0 then
+if redis.call('LLEN', KEYS[1]) > 0 or redis.call('ZCARD', q.levels) > 0 then
   -- Work is left: wake the next idle worker.
   redis.call('ZADD', KEYS[5], 0, 'm')
 else

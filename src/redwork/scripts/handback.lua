@@ -10,8 +10,9 @@ Returns one code per job: OK or LEASE_LOST.
 ]]
 -- @include common
 local prefix, queue = ARGV[1], ARGV[2]
+local q = { prefix = prefix, wait = KEYS[1] }
 local now = now_ms()
-local codes, returned = {}, {}
+local codes, returned, priorities = {}, {}, {}
 for i = 3, #ARGV, 2 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
@@ -21,6 +22,7 @@ for i = 3, #ARGV, 2 do
     redis.call('HSET', key, 'state', 'waiting', 'attempt', attempt)
     redis.call('HDEL', key, 'worker')
     returned[#returned + 1] = id
+    priorities[#returned] = redis.call('HGET', key, 'priority')
     note('returned', id, attempt)
     codes[#codes + 1] = OK
   else
@@ -29,7 +31,7 @@ for i = 3, #ARGV, 2 do
 end
 if #returned > 0 then
   call_chunked('ZREM', KEYS[2], returned)
-  call_chunked('RPUSH', KEYS[1], returned)
+  push_waiting(q, returned, priorities, true)
   redis.call('ZADD', KEYS[3], 0, 'm')
 end
 flush_events(KEYS[4], queue, now)

@@ -19,10 +19,10 @@ local q = { prefix = prefix, wait = KEYS[1], failed = KEYS[3], marker = KEYS[4] 
 local max_losses = tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-local recovered, buried = {}, 0
+local recovered, priorities, buried = {}, {}, 0
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'attempt', 'losses')
+  local job = redis.call('HMGET', key, 'attempt', 'losses', 'priority')
   if job[1] then
     local losses = tonumber(job[2] or 0) + 1
     if losses >= max_losses then
@@ -33,13 +33,14 @@ for _, id in ipairs(expired) do
     else
       redis.call('HSET', key, 'state', 'waiting', 'losses', losses)
       recovered[#recovered + 1] = id
+      priorities[#recovered] = job[3]
       note('recovered', id, job[1])
     end
   end
 end
 if #expired > 0 then call_chunked('ZREM', KEYS[2], expired) end
 if #recovered > 0 then
-  call_chunked('RPUSH', KEYS[1], recovered)
+  push_waiting(q, recovered, priorities, true)
   redis.call('ZADD', KEYS[4], 0, 'm')
   redis.call('HINCRBY', KEYS[6], 'recovered', #recovered)
 end

@@ -26,16 +26,16 @@ for _, id in ipairs(ids) do
   if string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
     local job_key = q.prefix .. 'job:' .. id
     redis.call('HSET', job_key, 'state', 'waiting', 'attempt', 0, 'losses', 0)
-    local job = redis.call('HMGET', job_key, 'key', 'enqueued_at', 'wf')
+    local job = redis.call('HMGET', job_key, 'key', 'enqueued_at', 'wf', 'priority')
     if job[3] then reopen_node(q, job[3], id) end
     if job[1] then
       if not by_key[job[1]] then
         by_key[job[1]] = {}
         keys_seen[#keys_seen + 1] = job[1]
       end
-      table.insert(by_key[job[1]], { tonumber(job[2] or 0), moved, id })
+      table.insert(by_key[job[1]], { tonumber(job[2] or 0), moved, id, job[4] })
     else
-      redis.call('LPUSH', KEYS[1], id)
+      push_waiting(q, { id }, { job[4] }, false)
     end
     note('requeued', id, 0)
     moved = moved + 1
@@ -48,7 +48,7 @@ for _, key in ipairs(keys_seen) do
   local first = 1
   if redis.call('HEXISTS', q.prefix .. 'keys', key) == 0 then
     admit(q, jobs[1][3], key, true)
-    redis.call('LPUSH', KEYS[1], jobs[1][3])
+    push_waiting(q, { jobs[1][3] }, { jobs[1][4] }, false)
     first = 2
   end
   for j = #jobs, first, -1 do admit(q, jobs[j][3], key, true) end

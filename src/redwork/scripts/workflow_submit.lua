@@ -62,7 +62,7 @@ redis.call('HSET', wf_key, 'status', 'pending', 'total', #nodes, 'ended', 0, 'su
 call_chunked('RPUSH', wf_key .. ':nodes', nodes)
 redis.call('ZADD', KEYS[5], now, wid)
 if #roots > 0 then
-  call_chunked('LPUSH', KEYS[1], roots)
+  push_waiting(q, roots, nil, false)
   redis.call('ZADD', KEYS[2], 0, 'm')
 end
 redis.call('HINCRBY', KEYS[4], 'enqueued', #nodes)

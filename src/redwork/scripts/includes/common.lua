@@ -66,20 +66,51 @@ local function announce_end(prefix, job_id, state)
   redis.call('PUBLISH', prefix .. 'job:' .. job_id, state)
 end
 
+-- Priorities: a job of priority 0 (the default) waits in the list `wait`, one of
+-- priority 1..9 in `wait:<p>`; the ZSET `levels` names the priorities that may have
+-- jobs (fetch drops a level it finds empty). Fetch takes from the highest level first:
+-- priorities are strict, and each level is first in, first out.
+local function push_waiting(q, ids, priorities, front)
+  local command = front and 'RPUSH' or 'LPUSH'
+  local plain = {}
+  for i, id in ipairs(ids) do
+    local p = tonumber(priorities and priorities[i] or 0) or 0
+    if p > 0 then
+      redis.call(command, q.wait .. ':' .. p, id)
+      redis.call('ZADD', q.prefix .. 'levels', p, p)
+    else
+      plain[#plain + 1] = id
+    end
+  end
+  if #plain > 0 then call_chunked(command, q.wait, plain) end
+end
+
+-- Take a job out of the wait list of its priority; false when it was not there.
+local function remove_waiting(q, id, priority)
+  local p = tonumber(priority or 0) or 0
+  return redis.call('LREM', p > 0 and q.wait .. ':' .. p or q.wait, 1, id) == 1
+end
+
 -- Per-key ordering: of the jobs sharing a key, only the oldest (the key's head)
 -- circulates (waiting, active or delayed); the others wait in order in the list
 -- `key:<key>`, and the hash `keys` names each key's head. When the head ends for good,
 -- the next job of its key joins the wait list. Lease expiry, retries and hand-backs keep
 -- the head where it is, so a key is never run by two deliveries under valid leases.
-local function release_key(q, id)
-  local key = redis.call('HGET', q.prefix .. 'job:' .. id, 'key')
+-- Unique jobs: `unique:<u>` names the one job of uniqueness key u that is queued or
+-- running. A job ending for good releases both.
+local function release_holds(q, id)
+  local job = redis.call('HMGET', q.prefix .. 'job:' .. id, 'key', 'unique')
+  local key, unique = job[1], job[2]
+  if unique and redis.call('GET', q.prefix .. 'unique:' .. unique) == id then
+    redis.call('DEL', q.prefix .. 'unique:' .. unique)
+  end
   -- Only the head holds its key (a check that keeps a stray call from skipping a job).
   if not key or redis.call('HGET', q.prefix .. 'keys', key) ~= id then return end
   local next_id = redis.call('LPOP', q.prefix .. 'key:' .. key)
   if next_id then
     redis.call('HSET', q.prefix .. 'keys', key, next_id)
     redis.call('DECR', q.prefix .. 'held')
-    redis.call('LPUSH', q.wait, next_id)
+    push_waiting(q, { next_id }, { redis.call('HGET', q.prefix .. 'job:' .. next_id, 'priority') })
     redis.call('ZADD', q.marker, 0, 'm')
   else
     redis.call('HDEL', q.prefix .. 'keys', key)
@@ -90,6 +121,7 @@ end
 -- `front` puts it first in its key's line (a job that was already ahead of the others).
 local function admit(q, id, key, front)
   if key and redis.call('HSETNX', q.prefix .. 'keys', key, id) == 0 then
+    if redis.call('HGET', q.prefix .. 'keys', key) == id then return true end  -- the head
     redis.call(front and 'LPUSH' or 'RPUSH', q.prefix .. 'key:' .. key, id)
     redis.call('INCR', q.prefix .. 'held')
     return false
@@ -108,7 +140,7 @@ local function to_failed_store(q, id, reason, message, attempt, now)
     'finished_at', now)
   redis.call('PERSIST', key)
   redis.call('ZADD', q.failed, now, id)
-  release_key(q, id)
+  release_holds(q, id)
   note('failed', id, attempt)
   announce_end(q.prefix, id, 'failed')
   local wid = redis.call('HGET', key, 'wf')
@@ -121,20 +153,20 @@ end
 -- from being cancelled ('unknown' when there is no such job).
 local function cancel_unstarted(q, id, ttl, now)
   local job_key = q.prefix .. 'job:' .. id
-  local job = redis.call('HMGET', job_key, 'state', 'key', 'attempt', 'wf')
+  local job = redis.call('HMGET', job_key, 'state', 'key', 'attempt', 'wf', 'priority')
   local state, key, wid = job[1], job[2], job[4]
   if state ~= 'waiting' and state ~= 'delayed' and state ~= 'pending' then
     return state or 'unknown'
   end
   if state == 'delayed' then
     redis.call('ZREM', q.delayed, id)
-  elseif state == 'waiting' and redis.call('LREM', q.wait, 1, id) == 0 and key then
+  elseif state == 'waiting' and not remove_waiting(q, id, job[5]) and key then
     -- Not in circulation: held in its key's line.
     if redis.call('LREM', q.prefix .. 'key:' .. key, 1, id) == 1 then
       redis.call('DECR', q.prefix .. 'held')
     end
   end
-  release_key(q, id)
+  release_holds(q, id)
   redis.call('HSET', job_key, 'state', 'cancelled', 'finished_at', now)
   note('cancelled', id, job[3])
   announce_end(q.prefix, id, 'cancelled')
@@ -150,8 +182,11 @@ end
 -- job in the failed store. Returns true when a retry was scheduled.
 local function end_failed_run(q, id, attempt, reason, message, retry_in, now)
   if retry_in >= 0 then
-    redis.call('HSET', q.prefix .. 'job:' .. id, 'state', 'delayed', 'reason', reason,
-      'error', message)
+    local job_key = q.prefix .. 'job:' .. id
+    redis.call('HSET', job_key, 'state', 'delayed', 'reason', reason, 'error', message)
+    -- A retry may run at a priority of its own (e.g. ahead of new work).
+    local boost = redis.call('HGET', job_key, 'retry_priority')
+    if boost then redis.call('HSET', job_key, 'priority', boost) end
     redis.call('ZADD', q.delayed, now + retry_in, id)
     note('retry_scheduled', id, attempt)
     return true

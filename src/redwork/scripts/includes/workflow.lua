@@ -28,7 +28,7 @@ end
 -- A pending node whose dependencies are all resolved joins the queue.
 local function release_node(q, id)
   local job_key = q.prefix .. 'job:' .. id
-  local node = redis.call('HMGET', job_key, 'pass', 'needs', 'key')
+  local node = redis.call('HMGET', job_key, 'pass', 'needs', 'key', 'priority')
   if node[1] then
     local inputs = {}
     for _, dep in ipairs(node_ids(node[2])) do inputs[#inputs + 1] = input_of(q, dep) end
@@ -39,7 +39,7 @@ local function release_node(q, id)
   redis.call('HDEL', job_key, 'deps')
   note('ready', id, 0)
   if admit(q, id, node[3] or false, false) then
-    redis.call('LPUSH', q.wait, id)
+    push_waiting(q, { id }, { node[4] })
     redis.call('ZADD', q.marker, 0, 'm')
   end
 end
