@@ -1,4 +1,5 @@
-"""Cancelling jobs that have not started: waiting, held behind their key, delayed."""
+"""Cancelling jobs: withdrawn when they have not started (waiting, held behind their key,
+delayed), asked to abort when running (tests/test_abort.py runs that with workers)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import redis
 
 from redwork import JobCancelled, JobNotFound, NotCancellable, Redwork
 from redwork.job import Envelope
-from redwork.queue import Failure, NewJob, Queue, run
+from redwork.queue import Completion, Failure, NewJob, Queue, run
 from redwork.scripts import Code
 from tests import tasks
 from tests.conftest import DAY_MS, wait_for_event
@@ -35,10 +36,16 @@ def test_a_waiting_job_is_withdrawn_and_its_waiters_told(app: Redwork, r: redis.
         app.job("no-such-job").cancel()
 
 
-def test_started_and_ended_jobs_are_not_cancellable(r: redis.Redis) -> None:
+def test_a_running_job_is_asked_to_abort_and_an_ended_one_is_not_cancellable(
+    r: redis.Redis,
+) -> None:
     run(r, Q.enqueue([new("a"), new("b")], DAY_MS))
     leased = run(r, Q.fetch(1, 60_000, "w", 1 << 20)).deliveries
-    assert run(r, Q.cancel([leased[0].id, "b", "nope"], 60)) == ["active", Code.OK, "unknown"]
+    assert run(r, Q.cancel([leased[0].id, "b", "nope"], 60)) == ["cancelling", Code.OK, "unknown"]
+    assert r.hexists(Q.job_key(leased[0].id), "abort")
+    assert run(r, Q.heartbeat([(leased[0].id, leased[0].token)], 60_000)) == ([], [leased[0].id])
+    run(r, Q.complete([Completion(leased[0].id, leased[0].token, b"1")], 60))
+    assert run(r, Q.cancel([leased[0].id], 60)) == ["completed"]
 
 
 def test_a_delayed_retry_can_be_cancelled(r: redis.Redis) -> None:

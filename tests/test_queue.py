@@ -138,7 +138,7 @@ def test_stale_token_writes_nothing_while_new_owner_runs(r: redis.Redis, q: Queu
     assert run(r, q.complete([Completion("a", old.token, b'"stale"')], 60)) == [Code.LEASE_LOST]
     stale_fail = Failure("a", old.token, "exception", "stale", retry_in_ms=-1)
     assert run(r, q.fail([stale_fail])) == [Code.LEASE_LOST]
-    assert run(r, q.heartbeat([("a", old.token)], 10 * LEASE)) == ["a"]
+    assert run(r, q.heartbeat([("a", old.token)], 10 * LEASE)) == (["a"], [])
     assert run(r, q.handback([("a", old.token)])) == [Code.LEASE_LOST]
 
     assert r.hgetall(q.job_key("a")) == before
@@ -157,7 +157,7 @@ def test_stale_token_after_new_owner_completed_keeps_its_result(r: redis.Redis, 
     assert run(r, q.complete([Completion("a", old.token, b'"old"')], 60)) == [Code.LEASE_LOST]
     stale_fail = Failure("a", old.token, "exception", "stale", retry_in_ms=-1)
     assert run(r, q.fail([stale_fail])) == [Code.LEASE_LOST]
-    assert run(r, q.heartbeat([("a", old.token)], LEASE)) == ["a"]
+    assert run(r, q.heartbeat([("a", old.token)], LEASE)) == (["a"], [])
 
     rec = record(r, q, "a")
     assert (rec.state, rec.result_value(), rec.reason, rec.error) == (
@@ -228,8 +228,8 @@ def test_heartbeat_extends_the_lease_and_reports_lost_ids(r: redis.Redis, q: Que
     a, b = fetch(r, q, 2, lease_ms=1000)
     first = r.zscore(q.active, "a")
 
-    lost = run(r, q.heartbeat([("a", a.token), ("b", b.token + 1), ("nope", 1)], LEASE))
-    assert lost == ["b", "nope"]
+    lost, aborted = run(r, q.heartbeat([("a", a.token), ("b", b.token + 1), ("nope", 1)], LEASE))
+    assert (lost, aborted) == (["b", "nope"], [])
     assert r.zscore(q.active, "a") >= first + LEASE - 1000
     assert r.zscore(q.active, "b") < first + LEASE - 1000
     assert r.zscore(q.active, "nope") is None

@@ -16,6 +16,7 @@ import hmac
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from importlib import resources
 from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qs
@@ -77,6 +78,20 @@ class JobSubmission(BaseModel):
     retries: int | None = Field(default=None, ge=0, le=1000)
     timeout: float | None = Field(default=None, gt=0)
     meta: dict[str, Any] | None = None
+    priority: int | None = Field(default=None, ge=0, le=9, description="higher starts first")
+    retry_priority: int | None = Field(
+        default=None, ge=0, le=9, description="the priority its retries run at"
+    )
+    countdown: float | None = Field(
+        default=None, ge=0, le=10 * 365 * 86_400, description="seconds before it may start"
+    )
+    eta: datetime | None = Field(default=None, description="when it may start (ISO 8601)")
+    unique_key: str | None = Field(
+        default=None, min_length=1, max_length=512, description="one queued or running per key"
+    )
+    unique: Literal["reject", "replace"] = Field(
+        default="reject", description="what a second job with the same unique_key does"
+    )
 
 
 class WorkflowNodeSubmission(JobSubmission):
@@ -156,6 +171,9 @@ class JobView(BaseModel):
     kwargs: dict[str, Any] | None
     key: str | None
     workflow: str | None = Field(default=None, description="its workflow's id, if any")
+    priority: int = 0
+    due_at: int | None = Field(default=None, description="delayed until (server ms)")
+    cancel_requested: bool = Field(default=False, description="cancelled while running")
     attempt: int
     max_attempts: int | None
     losses: int
@@ -341,14 +359,30 @@ class Service:
         except TypeError as exc:
             raise InvalidSubmission(f"{task.name}{task.signature}: {exc}") from exc
         changes: dict[str, Any] = {}
-        for name in ("queue", "job_id", "key", "timeout", "meta", "retries"):
+        for name in (
+            "queue",
+            "job_id",
+            "key",
+            "timeout",
+            "meta",
+            "retries",
+            "priority",
+            "retry_priority",
+            "countdown",
+            "eta",
+            "unique_key",
+        ):
             value = getattr(submission, name)
             if value is not None:
                 changes[name] = value
         key = submission.idempotency_key or idempotency_key
         if key is not None:
             changes["idempotency_key"] = key
-        return task.options(**changes).prepare(*submission.args, **submission.kwargs)
+        changes["unique"] = submission.unique
+        try:
+            return task.options(**changes).prepare(*submission.args, **submission.kwargs)
+        except ValueError as exc:  # countdown with eta
+            raise InvalidSubmission(str(exc)) from exc
 
     async def submit(
         self, submissions: list[JobSubmission], idempotency_key: str | None = None
@@ -643,7 +677,9 @@ def _job_routes(api: FastAPI, service: Service, authorized: Any) -> None:
 
     @api.post("/api/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"])
     async def cancel_job(job_id: JobId, queue: QueueParam = None, _: None = authorized) -> JobView:
-        """Withdraw a job that has not started (409 once it has)."""
+        """Cancel a job: one that has not started is withdrawn (state `cancelled`); a
+        running one is aborted by its worker (`cancel_requested` is true until it ends
+        as `cancelled`). 409 once it has ended."""
         record = await service.find(job_id, queue)
         await service.app.client.acancel(record.queue, job_id)
         return view(await service.find(job_id, record.queue))

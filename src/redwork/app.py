@@ -57,9 +57,11 @@ class JobHandle:
         past `timeout`."""
         return self.client.result(self.queue, self.id, timeout)
 
-    def cancel(self) -> None:
-        """Withdraw the job if it has not started (NotCancellable if it has)."""
-        self.client.cancel(self.queue, self.id)
+    def cancel(self) -> str:
+        """Cancel the job: 'cancelled' when it had not started (it never will),
+        'cancelling' when it is running (its worker aborts it; it ends as cancelled).
+        NotCancellable once it has ended."""
+        return self.client.cancel(self.queue, self.id)
 
     async def ainfo(self) -> JobRecord:
         return await self.client.ajob(self.queue, self.id)
@@ -70,8 +72,8 @@ class JobHandle:
     async def aresult(self, timeout: float | None = None) -> Any:
         return await self.client.aresult(self.queue, self.id, timeout)
 
-    async def acancel(self) -> None:
-        await self.client.acancel(self.queue, self.id)
+    async def acancel(self) -> str:
+        return await self.client.acancel(self.queue, self.id)
 
 
 @dataclass(slots=True)

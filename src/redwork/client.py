@@ -147,10 +147,12 @@ class Client:
     def result(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(self.wait(queue, job_id, timeout))
 
-    def cancel(self, queue: str, job_id: str) -> None:
-        """Withdraw a job that has not started; NotCancellable once it has, JobNotFound
-        if there is no such job."""
-        _cancelled(job_id, self.run(self._cancel(queue, job_id)))
+    def cancel(self, queue: str, job_id: str) -> str:
+        """Cancel a job: one that has not started is withdrawn ('cancelled' is returned:
+        it never starts); a running one is aborted by its worker ('cancelling': it ends
+        as cancelled shortly). NotCancellable once it has ended, JobNotFound if there is
+        no such job."""
+        return _cancelled(job_id, self.run(self._cancel(queue, job_id)))
 
     def submit_workflow(self, plan: Plan, name: str = "") -> bool:
         """Store a checked workflow (see redwork.workflow.plan); submitting one whose id
@@ -251,8 +253,8 @@ class Client:
     async def aresult(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(await self.await_job(queue, job_id, timeout))
 
-    async def acancel(self, queue: str, job_id: str) -> None:
-        _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
+    async def acancel(self, queue: str, job_id: str) -> str:
+        return _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
 
     async def asubmit_workflow(self, plan: Plan, name: str = "") -> bool:
         client = await self.aredis()
@@ -392,14 +394,15 @@ def _result_of(record: JobRecord) -> Any:
     return record.result_value()
 
 
-def _cancelled(job_id: str, replies: list[Code | str]) -> None:
+def _cancelled(job_id: str, replies: list[Code | str]) -> str:
     reply = replies[0]
     if reply == "unknown":
         raise JobNotFound(f"no job {job_id}")
-    if reply is not Code.OK:
-        raise NotCancellable(
-            f"job {job_id} is {reply}: only a job that has not started can be cancelled"
-        )
+    if reply is Code.OK:
+        return "cancelled"
+    if reply == "cancelling":
+        return reply
+    raise NotCancellable(f"job {job_id} is {reply}: it has ended already")
 
 
 def _submitted(plan: Plan, reply: Code | str) -> bool:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextvars
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+from redwork.errors import JobCancelled
 from redwork.queue import StateWrite
 
 
@@ -20,6 +24,36 @@ class JobContext:
     lease is lost."""
     staged: dict[str, StateWrite] = field(default_factory=dict)
     """State writes to apply with the job's completion (see StateStore.staged)."""
+    reporter: Callable[[Any], None] | None = None
+    """Records progress (the app's report_progress)."""
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once the job was cancelled while running. An async task is cancelled
+        (CancelledError) at its next await; a plain function cannot be stopped from
+        outside, so it should look here between steps, or call raise_if_cancelled()."""
+        return self._cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        """Raise JobCancelled if the job was cancelled: the run then ends as cancelled,
+        without a retry."""
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled while running")
+
+    def request_cancel(self) -> None:
+        self._cancel.set()
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Record how far the job has got, `fraction` from 0 to 1 with an optional
+        message: `ctx.progress(0.4, "step 2 of 5")`. Shown in the job's status, the
+        event stream, `redwork job show` and the dashboard. From a coroutine it blocks
+        the loop for one round trip; use app.areport_progress() there if that matters."""
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"progress {fraction!r} is not a fraction from 0 to 1")
+        if self.reporter is None:
+            raise RuntimeError("this job context cannot report progress")
+        self.reporter({"fraction": fraction, "message": message})
 
 
 _current_job: contextvars.ContextVar[JobContext] = contextvars.ContextVar("redwork_job")

@@ -49,11 +49,12 @@ class JobFailed(RedworkError):
 
 
 class JobCancelled(RedworkError):
-    """The job was cancelled before it started."""
+    """The job was cancelled (before it started, or aborted while running). A running
+    task may raise it itself: `current_job().raise_if_cancelled()`."""
 
 
 class NotCancellable(RedworkError):
-    """The job has started (or ended), so it cannot be cancelled."""
+    """The job (or workflow) has ended, so it cannot be cancelled."""
 
 
 class ResultTimeout(RedworkError, TimeoutError):

@@ -55,6 +55,8 @@ class FailureReason(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     CONFLICT = "conflict"
     """A state write staged by the job named an etag that no longer matched at commit."""
+    CANCELLED = "cancelled"
+    """The job was cancelled while running: the run ends it as cancelled, not failed."""
 
     @property
     def is_retryable(self) -> bool:

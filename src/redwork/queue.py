@@ -21,6 +21,8 @@ from redwork.scripts import Code, Script, load
 T = TypeVar("T")
 KEY_ROOT = "rw"
 QUEUES_KEY = f"{KEY_ROOT}:queues"
+# Seconds an ended job is kept, where a caller gives no other (Settings.result_ttl).
+DEFAULT_TTL = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,8 @@ class WorkflowNode:
     """Given its dependencies' results (see docs/workflows.md)."""
     collects: bool
     """Runs even when a dependency did not succeed, given its error instead."""
+    priority: int = 0
+    retry_priority: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +285,8 @@ class Queue:
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
         self.workflows, self.levels = p + "workflows", p + "levels"
+        self.aborts = p + "aborts"
+        """The channel on which the ids of running jobs to abort are published."""
 
     def job_key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -289,7 +295,7 @@ class Queue:
         return self.job_key(job_id)
 
     def enqueue(
-        self, jobs: Iterable[NewJob], idempotency_ms: int, ttl: int = 86_400
+        self, jobs: Iterable[NewJob], idempotency_ms: int, ttl: int = DEFAULT_TTL
     ) -> Op[list[Code | str]]:
         """`ttl`: seconds a job replaced under its uniqueness key is kept."""
         args: list[str | bytes | int] = [self.prefix, self.name, idempotency_ms, ttl]
@@ -348,8 +354,9 @@ class Queue:
         )
         return Op(_codes, load("complete"), keys, args)
 
-    def fail(self, failures: Iterable[Failure]) -> Op[list[Code]]:
-        args: list[str | int] = [self.prefix, self.name]
+    def fail(self, failures: Iterable[Failure], ttl: int = DEFAULT_TTL) -> Op[list[Code]]:
+        """`ttl`: seconds a job whose run ended because it was cancelled is kept."""
+        args: list[str | int] = [self.prefix, self.name, ttl]
         for f in failures:
             args += (f.id, f.token, f.reason, f.error, f.retry_in_ms)
         keys = (
@@ -363,11 +370,19 @@ class Queue:
         )
         return Op(_codes, load("fail"), keys, args)
 
-    def heartbeat(self, leases: Iterable[tuple[str, int]], lease_ms: int) -> Op[list[str]]:
+    def heartbeat(
+        self, leases: Iterable[tuple[str, int]], lease_ms: int
+    ) -> Op[tuple[list[str], list[str]]]:
+        """Replies (ids whose lease was lost, ids of jobs asked to abort)."""
         args: list[str | int] = [self.prefix, lease_ms]
         for job_id, token in leases:
             args += (job_id, token)
-        return Op(lambda r: [text(i) for i in r], load("heartbeat"), (self.active,), args)
+
+        def parse(reply: list[list[bytes]]) -> tuple[list[str], list[str]]:
+            lost, aborted = reply
+            return [text(i) for i in lost], [text(i) for i in aborted]
+
+        return Op(parse, load("heartbeat"), (self.active,), args)
 
     def progress(self, job_id: str, token: int, progress: bytes) -> Op[Code]:
         return Op(
@@ -377,25 +392,29 @@ class Queue:
             (self.prefix, self.name, job_id, token, progress),
         )
 
-    def handback(self, leases: Iterable[tuple[str, int]]) -> Op[list[Code]]:
-        args: list[str | int] = [self.prefix, self.name]
+    def handback(self, leases: Iterable[tuple[str, int]], ttl: int = DEFAULT_TTL) -> Op[list[Code]]:
+        """`ttl`: seconds a job asked to abort, cancelled instead, is kept."""
+        args: list[str | int] = [self.prefix, self.name, ttl]
         for job_id, token in leases:
             args += (job_id, token)
         keys = (self.wait, self.active, self.marker, self.events)
         return Op(_codes, load("handback"), keys, args)
 
-    def recover(self, max_losses: int, limit: int = 1000) -> Op[tuple[int, int]]:
+    def recover(
+        self, max_losses: int, ttl: int = DEFAULT_TTL, limit: int = 1000
+    ) -> Op[tuple[int, int]]:
         keys = (self.wait, self.active, self.failed, self.marker, self.events, self.stats)
         return Op(
             lambda r: (int(r[0]), int(r[1])),
             load("recover"),
             keys,
-            (self.prefix, self.name, max_losses, limit),
+            (self.prefix, self.name, max_losses, limit, ttl),
         )
 
     def cancel(self, job_ids: Sequence[str], ttl: int) -> Op[list[Code | str]]:
-        """Replies: OK, or the state that kept the job from being cancelled."""
-        keys = (self.wait, self.delayed, self.marker, self.events, self.stats)
+        """Replies: OK, 'cancelling' (a running job asked to abort), or the state that
+        kept the job from being cancelled."""
+        keys = (self.wait, self.delayed, self.marker, self.events, self.stats, self.aborts)
         return Op(_code_or_text, load("cancel"), keys, (self.prefix, self.name, ttl, *job_ids))
 
     def retry_failed(self, job_ids: Sequence[str] = ()) -> Op[int]:
@@ -472,6 +491,8 @@ class Queue:
                 ",".join(n.next),
                 "1" if n.passes_results else "",
                 "1" if n.collects else "",
+                n.priority,
+                "" if n.retry_priority is None else n.retry_priority,
             )
         keys = (self.wait, self.marker, self.events, self.stats, self.workflows)
         return Op(

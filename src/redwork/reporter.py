@@ -99,7 +99,7 @@ class Reporter:
             failed = self._failed.get(queue.name)
             if failed:
                 failures = failed[:]
-                codes = await arun(client, queue.fail(failures))
+                codes = await arun(client, queue.fail(failures, self.result_ttl))
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
 

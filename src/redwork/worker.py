@@ -1,7 +1,7 @@
 """The worker: one asyncio process that leases jobs, runs them in a fixed number of
 slots (coroutines on the loop, plain functions in threads) and reports how they ended.
-Its roles run in one TaskGroup: fetcher, reporter (reporter.py), heartbeat, recoverer and
-watchdog; the live-worker registry is registry.py."""
+Its roles run in one TaskGroup: fetcher, reporter (reporter.py), heartbeat, recoverer,
+abort listener and watchdog; the live-worker registry is registry.py."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from redwork.connection import TRANSIENT, Backoff
 from redwork.context import JobContext, enter_job, leave_job
 from redwork.errors import UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
-from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun
+from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun, text
 from redwork.registry import Registration
 from redwork.reporter import Reporter
 from redwork.settings import Settings
@@ -59,6 +59,8 @@ class _Running:
     task: asyncio.Task[None] | None = None
     thread: asyncio.Future[Any] | None = None
     """The thread of a plain function, which cannot be stopped and so keeps its slot."""
+    aborted: bool = False
+    """The job was cancelled while running: the run ends it as cancelled."""
 
 
 @dataclass
@@ -132,6 +134,7 @@ class Worker:
                 )
                 roles.create_task(self._heartbeat_loop(), name="heartbeat")
                 roles.create_task(self._recover_loop(), name="recoverer")
+                roles.create_task(self._abort_listener(), name="abort listener")
                 roles.create_task(self._watch_loop(), name="watchdog")
                 await self._stop.wait()
                 await fetcher
@@ -219,7 +222,7 @@ class Worker:
         for queue in self.queues:
             if by_queue[queue.name]:
                 try:
-                    await self._call(queue.handback(by_queue[queue.name]))
+                    await self._call(queue.handback(by_queue[queue.name], self.settings.result_ttl))
                     log.info("handed back %d jobs of %s", len(by_queue[queue.name]), queue.name)
                 except TRANSIENT as exc:
                     log.error(
@@ -287,7 +290,12 @@ class Worker:
         try:
             outcome = await self._execute(running)
         except asyncio.CancelledError:
-            return  # stopping or lease lost: the job is handed back or recovered elsewhere
+            if not running.aborted:
+                return  # stopping or lease lost: the job is handed back or recovered elsewhere
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            outcome = _Failed(FailureReason.CANCELLED, "cancelled while running")
         finally:
             self._running.pop((delivery.queue, delivery.id), None)
             self._release_slot_when_done(running)
@@ -321,8 +329,16 @@ class Worker:
         max_attempts = call.document.get("max_attempts", 1)
         max_attempts = max_attempts if isinstance(max_attempts, int) else 1
         context = running.context = JobContext(
-            delivery.id, delivery.queue, delivery.attempt, max_attempts, self.id, delivery.token
+            delivery.id,
+            delivery.queue,
+            delivery.attempt,
+            max_attempts,
+            self.id,
+            delivery.token,
+            reporter=self.app.report_progress,
         )
+        if running.aborted:
+            context.request_cancel()
         try:
             value = await self._call_task(task, call, context, running)
         except _Timeout:
@@ -402,6 +418,12 @@ class Worker:
 
     def _failure(self, running: _Running, outcome: _Failed) -> Failure:
         delivery = running.delivery
+        if running.aborted:
+            # However the run ended (JobCancelled, CancelledError, any error raised on
+            # the way out), it ends as cancelled, as asked.
+            log.info("job %s (attempt %d) cancelled while running", delivery.id, delivery.attempt)
+            reason = FailureReason.CANCELLED.value
+            return Failure(delivery.id, delivery.token, reason, outcome.error)
         retry_in = self._retry_in(running, outcome.reason)
         if retry_in < 0:
             self.stats.failed += 1
@@ -447,7 +469,11 @@ class Worker:
             leases += [(d.id, d.token) for d in self._prefetched if d.queue == queue.name]
             leases += self._reporter.unsent(queue.name)
             if leases:
-                lost_ids = await self._call(queue.heartbeat(leases, self.settings.lease_ms))
+                lost_ids, aborted = await self._call(
+                    queue.heartbeat(leases, self.settings.lease_ms)
+                )
+                for job_id in aborted:
+                    self._abort(queue.name, job_id)
                 lost = set(lost_ids)
                 if lost:
                     kept = [
@@ -466,7 +492,9 @@ class Worker:
         while not self._services_done.is_set():
             for queue in self.queues:
                 try:
-                    recovered, buried = await self._call(queue.recover(self.settings.max_losses))
+                    recovered, buried = await self._call(
+                        queue.recover(self.settings.max_losses, self.settings.result_ttl)
+                    )
                     if recovered or buried:
                         log.warning(
                             "%s: took back %d jobs from lost workers, failed %d lost too often",
@@ -478,6 +506,58 @@ class Worker:
                     log.warning("recovery check failed: %s", exc)
             # Jitter spreads the checks of many workers over the interval.
             await self._pause(self.settings.lease / 2 * (0.5 + random.random()))
+
+    # -- cancellation of running jobs --------------------------------------------------
+
+    async def _abort_listener(self) -> None:
+        """Abort running jobs whose ids cancel.lua publishes on their queue's channel.
+        A message missed while disconnected is caught by the next heartbeat."""
+        assert self._redis is not None
+        channels = {q.aborts: q.name for q in self.queues}
+        backoff = Backoff()
+        while not self._services_done.is_set():
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(*channels)
+                backoff.reset()
+                while not self._services_done.is_set():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if message is not None:
+                        channel, job_id = text(message["channel"]), text(message["data"])
+                        self._abort(channels[channel], job_id)
+            except TRANSIENT as exc:
+                await self._pause(backoff.next("abort listener", exc))
+            finally:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _abort(self, queue: str, job_id: str) -> None:
+        """Stop a job cancelled while this worker holds it. An async task is cancelled;
+        a plain function is told through its context (it cannot be stopped from here)
+        and keeps running until it looks or returns."""
+        running = self._running.get((queue, job_id))
+        if running is not None:
+            if running.aborted:
+                return
+            log.info("job %s was cancelled: aborting it", job_id)
+            running.aborted = True
+            if running.context is not None:
+                running.context.request_cancel()
+            if running.thread is None and running.task is not None and not running.task.done():
+                running.task.cancel()
+            return
+        for delivery in self._prefetched:
+            if (delivery.queue, delivery.id) == (queue, job_id):
+                self._prefetched.remove(delivery)
+                self._reporter.failed(
+                    queue,
+                    Failure(
+                        delivery.id,
+                        delivery.token,
+                        FailureReason.CANCELLED.value,
+                        "cancelled before it started",
+                    ),
+                )
+                return
 
     async def _watch_loop(self) -> None:
         """Say when the event loop was blocked (a coroutine task calling time.sleep or

@@ -235,6 +235,11 @@ def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: in
             "a workflow's jobs take no idempotency key: give the workflow an id of your "
             "own (workflow_id=...), which makes submitting it again add nothing"
         )
+    if any(n.envelope.unique_key is not None or n.envelope.delay_ms is not None for n in nodes):
+        raise WorkflowError(
+            "a workflow's jobs take no unique_key, countdown or eta: a job starts when its "
+            "dependencies have ended"
+        )
     dependants: dict[str, list[str]] = {n.id: [] for n in nodes}
     for node in nodes:
         for dependency in node.depends_on:
@@ -254,6 +259,8 @@ def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: in
                 dependants[node.id],
                 node.passing is not None,
                 node.collect,
+                envelope.priority,
+                envelope.retry_priority,
             )
         )
     return Plan(wid, queue, stored)

@@ -1,6 +1,8 @@
 --[[ fail: record failed runs, for a batch of jobs. A job given a retry delay is
 scheduled again (active -> delayed); one without goes to the failed store
-(active -> failed), where it stays, without expiry, until retried or purged.
+(active -> failed), where it stays, without expiry, until retried or purged. A run
+stopped because the job was cancelled (reason 'cancelled') ends it as cancelled
+(active -> cancelled), never retried.
 KEYS[1] active    ZSET of leased job ids
 KEYS[2] delayed   ZSET job id -> due time (ms)
 KEYS[3] failed    ZSET job id -> time it failed (ms)
@@ -9,21 +11,26 @@ KEYS[5] stats     HASH of counters
 KEYS[6] marker    ZSET wake-up marker
 KEYS[7] wait      LIST of waiting job ids (the next job of a released key joins it)
 ARGV[1] prefix    ARGV[2] queue
-ARGV[3..]         quintuples: job id, fencing token, reason, error text,
+ARGV[3] ttl       seconds a cancelled job is kept
+ARGV[4..]         quintuples: job id, fencing token, reason, error text,
                   retry delay in ms (-1 = no retry: the job has failed for good)
 Returns one code per job: OK, LEASE_LOST or ALREADY_DONE (as complete).
 ]]
 -- @include common
 local q = { prefix = ARGV[1], delayed = KEYS[2], failed = KEYS[3], marker = KEYS[6],
   wait = KEYS[7] }
-local queue = ARGV[2]
+local queue, ttl = ARGV[2], ARGV[3]
 local now = now_ms()
 local codes, ended = {}, {}
-local dead, retried, fenced = 0, 0, 0
-for i = 3, #ARGV, 5 do
+local dead, retried, fenced, cancelled = 0, 0, 0, 0
+for i = 4, #ARGV, 5 do
   local id = ARGV[i]
-  local code, attempt = check_lease(q.prefix .. 'job:' .. id, ARGV[i + 1])
-  if code == OK then
+  local code, attempt, wid = check_lease(q.prefix .. 'job:' .. id, ARGV[i + 1])
+  if code == OK and ARGV[i + 2] == 'cancelled' then
+    ended[#ended + 1] = id
+    to_cancelled(q, id, attempt, wid, ttl, now)
+    cancelled = cancelled + 1
+  elseif code == OK then
     ended[#ended + 1] = id
     if end_failed_run(q, id, attempt, ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4]), now) then
       retried = retried + 1
@@ -42,5 +49,6 @@ if retried > 0 then
 end
 if dead > 0 then redis.call('HINCRBY', KEYS[5], 'failed', dead) end
 if fenced > 0 then redis.call('HINCRBY', KEYS[5], 'fenced', fenced) end
+if cancelled > 0 then redis.call('HINCRBY', KEYS[5], 'cancelled', cancelled) end
 flush_events(KEYS[4], queue, now)
 return codes

@@ -11,6 +11,7 @@ KEYS[6] stats     HASH of counters
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] max_losses
 ARGV[4] limit     most jobs to take back in one call
+ARGV[5] ttl       seconds a cancelled job is kept (a job asked to abort is cancelled)
 Returns { recovered count, failed count }.
 ]]
 -- @include common
@@ -19,11 +20,16 @@ local q = { prefix = prefix, wait = KEYS[1], failed = KEYS[3], marker = KEYS[4] 
 local max_losses = tonumber(ARGV[3])
 local now = now_ms()
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[4]))
-local recovered, priorities, buried = {}, {}, 0
+local ttl = ARGV[5]
+local recovered, priorities, buried, cancelled = {}, {}, 0, 0
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'attempt', 'losses', 'priority')
-  if job[1] then
+  local job = redis.call('HMGET', key, 'attempt', 'losses', 'priority', 'abort', 'wf')
+  if job[4] then
+    -- Asked to abort, and its worker is gone: it ends as cancelled, not run again.
+    to_cancelled(q, id, job[1], job[5], ttl, now)
+    cancelled = cancelled + 1
+  elseif job[1] then
     local losses = tonumber(job[2] or 0) + 1
     if losses >= max_losses then
       redis.call('HSET', key, 'losses', losses)
@@ -45,5 +51,6 @@ if #recovered > 0 then
   redis.call('HINCRBY', KEYS[6], 'recovered', #recovered)
 end
 if buried > 0 then redis.call('HINCRBY', KEYS[6], 'failed', buried) end
+if cancelled > 0 then redis.call('HINCRBY', KEYS[6], 'cancelled', cancelled) end
 flush_events(KEYS[5], queue, now)
 return { #recovered, buried }

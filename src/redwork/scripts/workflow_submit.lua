@@ -10,10 +10,11 @@ ARGV[1] prefix    ARGV[2] queue
 ARGV[3] id        the workflow's id
 ARGV[4] name      a label ('' for none)
 ARGV[5] ttl       seconds the workflow is kept once it has ended
-ARGV[6..]         septuples, one per node in submit order: job id, job document (JSON),
+ARGV[6..]         nine fields per node, in submit order: job id, job document (JSON),
                   key ('' for none), dependencies and dependants (comma-separated ids,
                   '' for none), pass ('1': given its dependencies' results, else ''),
-                  collect ('1': a dependency that does not succeed still resolves it)
+                  collect ('1': a dependency that does not succeed still resolves it),
+                  priority (0-9), priority of its retries ('' for the same)
 Returns OK; DUPLICATE when the workflow exists (a resubmission adds nothing); or the id
 of a node that exists already as a job (nothing is added).
 ]]
@@ -22,16 +23,17 @@ local q = { prefix = ARGV[1], wait = KEYS[1], marker = KEYS[2] }
 local queue, wid = ARGV[2], ARGV[3]
 local wf_key = q.prefix .. 'wf:' .. wid
 if redis.call('EXISTS', wf_key) == 1 then return DUPLICATE end
-for i = 6, #ARGV, 7 do
+local FIELDS = 9
+for i = 6, #ARGV, FIELDS do
   if redis.call('EXISTS', q.prefix .. 'job:' .. ARGV[i]) == 1 then return ARGV[i] end
 end
 local now = now_ms()
-local nodes, roots = {}, {}
-for i = 6, #ARGV, 7 do
+local nodes, roots, priorities = {}, {}, {}
+for i = 6, #ARGV, FIELDS do
   local id, key, needs = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local fields = { 'data', ARGV[i + 1], 'enqueued_at', now, 'wf', wid }
   local function add(name, value)
-    if value ~= '' then
+    if value ~= '' and value ~= '0' then
       fields[#fields + 1] = name
       fields[#fields + 1] = value
     end
@@ -41,11 +43,16 @@ for i = 6, #ARGV, 7 do
   add('next', ARGV[i + 4])
   add('pass', ARGV[i + 5])
   add('collect', ARGV[i + 6])
+  add('priority', ARGV[i + 7])
+  add('retry_priority', ARGV[i + 8])
   if needs == '' then
     add('state', 'waiting')
     if ARGV[i + 5] ~= '' then add('inputs', '[]') end
     redis.call('HSET', q.prefix .. 'job:' .. id, unpack(fields))
-    if admit(q, id, key ~= '' and key or false, false) then roots[#roots + 1] = id end
+    if admit(q, id, key ~= '' and key or false, false) then
+      roots[#roots + 1] = id
+      priorities[#roots] = ARGV[i + 7]
+    end
     note('enqueued', id, 0)
   else
     local deps = 1
@@ -62,7 +69,7 @@ redis.call('HSET', wf_key, 'status', 'pending', 'total', #nodes, 'ended', 0, 'su
 call_chunked('RPUSH', wf_key .. ':nodes', nodes)
 redis.call('ZADD', KEYS[5], now, wid)
 if #roots > 0 then
-  push_waiting(q, roots, nil, false)
+  push_waiting(q, roots, priorities, false)
   redis.call('ZADD', KEYS[2], 0, 'm')
 end
 redis.call('HINCRBY', KEYS[4], 'enqueued', #nodes)

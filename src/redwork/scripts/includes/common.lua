@@ -147,6 +147,20 @@ local function to_failed_store(q, id, reason, message, attempt, now)
   if wid then node_ended(q, wid, id, 'failed', now) end
 end
 
+-- End a job as cancelled: a final state that expires after `ttl` (with its workflow,
+-- for a workflow's node, whose dependants are skipped).
+local function to_cancelled(q, id, attempt, wid, ttl, now)
+  release_holds(q, id)
+  redis.call('HSET', q.prefix .. 'job:' .. id, 'state', 'cancelled', 'finished_at', now)
+  note('cancelled', id, attempt)
+  announce_end(q.prefix, id, 'cancelled')
+  if wid then
+    node_ended(q, wid, id, 'cancelled', now)
+  else
+    redis.call('EXPIRE', q.prefix .. 'job:' .. id, ttl)
+  end
+end
+
 -- Withdraw a job that has not started (waiting, held behind its key, delayed, or
 -- pending on its dependencies): it is cancelled, a final state that expires after `ttl`
 -- (with its workflow, for a workflow's node). Returns OK, or the state that kept it
@@ -166,15 +180,7 @@ local function cancel_unstarted(q, id, ttl, now)
       redis.call('DECR', q.prefix .. 'held')
     end
   end
-  release_holds(q, id)
-  redis.call('HSET', job_key, 'state', 'cancelled', 'finished_at', now)
-  note('cancelled', id, job[3])
-  announce_end(q.prefix, id, 'cancelled')
-  if wid then
-    node_ended(q, wid, id, 'cancelled', now)
-  else
-    redis.call('EXPIRE', job_key, ttl)
-  end
+  to_cancelled(q, id, job[3], wid, ttl, now)
   return OK
 end
 
