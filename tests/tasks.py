@@ -285,3 +285,94 @@ async def dag_node(node: str, deps: list[str], seconds: float) -> int:
 async def client_url() -> str:
     """The server the app's own client (state stores, progress) talks to."""
     return app.client.url
+
+
+# -- tests/test_abort.py ----------------------------------------------------------------
+# Every run of these tasks INCRs test:starts:<job id> (a count that stays) and RPUSHes
+# its attempt to test:started:<job id> (which a test BLPOPs); how the run ended is
+# RPUSHed to test:ended:<job id> on the way out.
+
+
+@app.task(name="abortable_sleep")
+async def abortable_sleep(seconds: float) -> str:
+    """Announce the run, sleep; test:ended:<id> gets 'cancelled' if the sleep was
+    cancelled (CancelledError), else 'returned'."""
+    job = current_job()
+    client = await app.client.aredis()
+    how = "returned"
+    try:
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.incr(f"test:starts:{job.id}").rpush(f"test:started:{job.id}", job.attempt)
+            await pipe.execute()
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        how = "cancelled"
+        raise
+    finally:
+        await client.rpush(f"test:ended:{job.id}", how)
+    return how
+
+
+@app.task(name="sync_abortable")
+def sync_abortable(mode: str, seconds: float = 20.0) -> str:
+    """A plain function that runs for up to `seconds`, announced as above. mode 'raise':
+    calls current_job().raise_if_cancelled() every 20 ms; 'flag': raises RuntimeError
+    once current_job().cancel_requested; 'finish': returns normally once it is set;
+    'deaf': never looks, sleeps `seconds`. test:ended:<id> gets '<how> <cancel_requested
+    at the end>', how being the exception's name, 'finished', 'slept' or 'timed_out'."""
+    job = current_job()
+    client = app.client.redis()
+    client.pipeline().incr(f"test:starts:{job.id}").rpush(
+        f"test:started:{job.id}", job.attempt
+    ).execute()
+    how = "timed_out"
+    try:
+        if mode == "deaf":
+            time.sleep(seconds)
+            how = "slept"
+            return how
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if mode == "raise":
+                job.raise_if_cancelled()
+            elif mode == "flag" and job.cancel_requested:
+                raise RuntimeError("stopping: cancel requested")
+            elif mode == "finish" and job.cancel_requested:
+                how = "finished"
+                return how
+            time.sleep(0.02)
+        return how
+    except Exception as exc:
+        how = type(exc).__name__
+        raise
+    finally:
+        client.rpush(f"test:ended:{job.id}", f"{how} {job.cancel_requested}")
+
+
+@app.task(name="progress_fraction")
+async def progress_fraction(fraction: float, message: str) -> str:
+    current_job().progress(fraction, message)
+    return "reported"
+
+
+@app.task(name="sync_progress_fraction")
+def sync_progress_fraction(fraction: float, message: str) -> str:
+    current_job().progress(fraction, message)
+    return "reported"
+
+
+# -- tests/test_scheduling.py ------------------------------------------------------------
+
+
+@app.task(name="sched_mark")
+async def sched_mark(log: str, label: str, seconds: float = 0.0, fail_first: bool = False) -> int:
+    """RPUSH `<label>:<attempt>` to the Redis list `log` as the run starts (a test reads
+    the order in which runs started, and how many there were), then sleep `seconds`; the
+    first attempt then raises if `fail_first`. Returns the attempt."""
+    job = current_job()
+    client = await app.client.aredis()
+    await client.rpush(log, f"{label}:{job.attempt}")
+    await asyncio.sleep(seconds)
+    if fail_first and job.attempt == 1:
+        raise RuntimeError(f"{label} fails its first attempt")
+    return job.attempt

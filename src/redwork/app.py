@@ -6,9 +6,9 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
 
 import orjson
@@ -29,6 +29,13 @@ from redwork.job import (
     now_ms,
 )
 from redwork.queue import Op
+from redwork.schedule import (
+    Schedule,
+    ScheduleState,
+    add_schedules,
+    list_schedules,
+    remove_schedule,
+)
 from redwork.scripts import Code
 from redwork.settings import Settings
 from redwork.state import StateStore
@@ -243,6 +250,8 @@ class Redwork:
         self.name = name
         self.settings = settings.replace(**overrides) if settings else Settings.load(**overrides)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: dict[str, Schedule] = {}
+        """Periodic jobs declared in code (@app.periodic); stored when a scheduler starts."""
         self.client = Client(self.settings)
 
     def configure(self, settings: Settings) -> None:
@@ -304,6 +313,60 @@ class Redwork:
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        cron: str | None = None,
+        *,
+        every: float | timedelta | None = None,
+        name: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        queue: str | None = None,
+        missed: str = "skip",
+        grace: float = 60.0,
+        timezone: str = "UTC",
+    ) -> Callable[[Callable[..., Any]], Task[Any, Any]]:
+        """Run a task on a schedule: `@app.periodic("*/5 * * * *")` (cron: five fields,
+        or six with seconds first) or `@app.periodic(every=30)` (seconds, or a
+        timedelta). Put it above `@app.task(...)` to give the task options, or use it
+        alone on a plain function. Each tick is enqueued once however many workers and
+        schedulers run; after downtime the ticks missed are skipped (`missed="skip"`)
+        or run once (`missed="once"`). The schedule's name defaults to the task's."""
+
+        def register(target: Callable[..., Any]) -> Task[Any, Any]:
+            task = target if isinstance(target, Task) else self.task(target)
+            schedule = Schedule(
+                name=name or task.name.rsplit(".", 1)[-1],
+                task=task.name,
+                cron=cron,
+                every=every.total_seconds() if isinstance(every, timedelta) else every,
+                queue=queue or task.defaults.queue,
+                args=list(args),
+                kwargs=dict(kwargs or {}),
+                missed=missed,
+                grace=grace,
+                timezone=timezone,
+                priority=task.defaults.priority,
+            )
+            self.schedules[schedule.name] = schedule
+            return task
+
+        return register
+
+    def add_schedule(self, schedule: Schedule) -> None:
+        """Store a schedule at run time (one of the same name is replaced); every
+        scheduler picks it up within a second."""
+        add_schedules(self.client.redis(), [schedule])
+
+    def remove_schedule(self, name: str) -> bool:
+        """Delete a schedule; False if there was none. One declared in code returns when
+        a scheduler with that code starts: remove it from the code too."""
+        return remove_schedule(self.client.redis(), name)
+
+    def list_schedules(self) -> list[ScheduleState]:
+        """Every stored schedule with its last and next tick, by name."""
+        return list_schedules(self.client.redis())
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

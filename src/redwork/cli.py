@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,9 +18,11 @@ from rich.text import Text
 
 from redwork.app import Redwork
 from redwork.client import Client
-from redwork.errors import JobNotFound, RedworkError, WorkflowNotFound
+from redwork.errors import JobNotFound, NotCancellable, RedworkError, WorkflowNotFound
+from redwork.job import JobRecord, now_ms
 from redwork.queue import QUEUES_KEY, Queue
 from redwork.registry import live_workers
+from redwork.schedule import Schedule, add_schedules, list_schedules, remove_schedule
 from redwork.settings import Settings, to_env
 from redwork.workflow import WorkflowRecord
 
@@ -139,6 +142,11 @@ def cli(
 @click.option(
     "--lease", type=float, help="Seconds a job stays leased without a heartbeat (default 30)."
 )
+@click.option(
+    "--scheduler/--no-scheduler",
+    default=None,
+    help="Also enqueue periodic jobs as they fall due (env REDWORK_SCHEDULER, default on).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -149,6 +157,7 @@ def worker(
     prefetch: int | None,
     grace: float | None,
     lease: float | None,
+    scheduler: bool | None,
 ) -> None:
     """Run workers for the tasks of APP (`pkg.module` or `pkg.module:app`).
 
@@ -168,6 +177,7 @@ def worker(
         prefetch=prefetch,
         grace=grace,
         lease=lease,
+        scheduler=scheduler,
     )
     # Settings reach an app built at import time through the environment, and the app's
     # own client (used by tasks: state stores, progress) gets them too.
@@ -262,6 +272,150 @@ def _run_single_worker(app: Redwork, settings: Settings) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+@cli.command("scheduler")
+@click.argument("app_path", metavar="APP")
+@click.pass_context
+def scheduler_command(ctx: click.Context, app_path: str) -> None:
+    """Enqueue the periodic jobs of APP (and every schedule stored at run time) as they
+    fall due, without running jobs. Workers do this too unless --no-scheduler; run as
+    many schedulers as you like: each tick is enqueued once.
+
+    \b
+    Example:
+      redwork scheduler myapp.tasks
+    """
+    import asyncio
+    import signal
+
+    from redwork import connection
+    from redwork.schedule import Scheduler
+
+    settings = _settings(ctx)
+    os.environ.update(to_env(settings))
+    app = load_app(app_path)
+    app.configure(settings)
+
+    async def main() -> None:
+        stopped = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopped.set)
+        url = await asyncio.to_thread(connection.resolve_url, settings)
+        client = connection.async_client(url, settings)
+        scheduler = Scheduler(app, settings.result_ttl, settings.idempotency_ms)
+        logging.getLogger("redwork.schedule").info(
+            "scheduler: %d schedules declared by %s", len(app.schedules), app_path
+        )
+        try:
+            await scheduler.run(client, stopped)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def schedules(ctx: click.Context) -> None:
+    """Periodic jobs: list them with their next run (the default), add or remove one.
+
+    \b
+    Examples:
+      redwork schedules
+      redwork schedules add nightly-report reports.build --cron "0 3 * * *"
+      redwork schedules add heartbeat app.ping --every 30 --args '["eu"]'
+      redwork schedules remove heartbeat
+    """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(schedules_list)
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@schedules.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.pass_context
+def schedules_list(ctx: click.Context, as_json: bool = False) -> None:
+    """List every schedule with its last and next run."""
+    states = list_schedules(_client(ctx).redis())
+    if as_json:
+        rows = [s.as_dict() for s in states]
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table("name", "task", "queue", "when", "missed", "last run", "next run")
+    for s in states:
+        schedule = s.schedule
+        table.add_row(
+            schedule.name,
+            schedule.task,
+            schedule.queue,
+            schedule.when,
+            schedule.missed,
+            _when(s.last_tick),
+            _when(s.next_tick),
+        )
+    Console().print(table if states else "no schedules")
+
+
+@schedules.command("add")
+@click.argument("name")
+@click.argument("task")
+@click.option("--cron", help="Cron expression: five fields, or six with seconds first.")
+@click.option("--every", type=float, help="Seconds between runs.")
+@click.option("--args", "args_json", default="[]", help="Positional arguments, a JSON array.")
+@click.option("--kwargs", "kwargs_json", default="{}", help="Keyword arguments, a JSON object.")
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.option("--missed", type=click.Choice(["skip", "once"]), default="skip", show_default=True)
+@click.option("--timezone", default="UTC", show_default=True, help="Zone the cron is read in.")
+@click.pass_context
+def schedules_add(
+    ctx: click.Context,
+    name: str,
+    task: str,
+    cron: str | None,
+    every: float | None,
+    args_json: str,
+    kwargs_json: str,
+    queue: str,
+    missed: str,
+    timezone: str,
+) -> None:
+    """Store a schedule for the task named TASK (replacing one of the same NAME)."""
+    try:
+        args, kwargs = orjson.loads(args_json), orjson.loads(kwargs_json)
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise ValueError("--args must be a JSON array and --kwargs a JSON object")
+        schedule = Schedule(
+            name=name,
+            task=task,
+            cron=cron,
+            every=every,
+            queue=queue,
+            args=args,
+            kwargs=kwargs,
+            missed=missed,
+            timezone=timezone,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    add_schedules(_client(ctx).redis(), [schedule])
+    click.echo(f"schedule {name}: {schedule.when}, next run {_when(schedule.next_tick(now_ms()))}")
+
+
+@schedules.command("remove")
+@click.argument("name")
+@click.pass_context
+def schedules_remove(ctx: click.Context, name: str) -> None:
+    """Delete a schedule (one declared in code returns when its scheduler restarts)."""
+    if not remove_schedule(_client(ctx).redis(), name):
+        raise click.ClickException(f"no schedule {name}")
+    click.echo(f"removed schedule {name}")
 
 
 @cli.group()
@@ -383,12 +537,22 @@ def info(ctx: click.Context) -> None:
 
 @cli.group()
 def job() -> None:
-    """Look at one job.
+    """Look at one job, or cancel it.
 
     \b
-    Example:
+    Examples:
       redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
+      redwork job cancel 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
     """
+
+
+def _find_job(client: Client, job_id: str, queue: str | None) -> JobRecord:
+    for name in [queue] if queue else _queue_names(client):
+        try:
+            return client.job(name, job_id)
+        except JobNotFound:
+            continue
+    raise click.ClickException(f"no job {job_id}" + (f" in queue {queue}" if queue else ""))
 
 
 @job.command("show")
@@ -396,21 +560,35 @@ def job() -> None:
 @click.option("-q", "--queue", help="The job's queue (default: search every queue).")
 @click.pass_context
 def job_show(ctx: click.Context, job_id: str, queue: str | None) -> None:
-    """Print a job's document, state, result or error as JSON.
+    """Print a job's document, state, progress, result or error as JSON.
 
     \b
     Example:
       redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f -q default
     """
+    record = _find_job(_client(ctx), job_id, queue)
+    click.echo(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@click.option("-q", "--queue", help="The job's queue (default: search every queue).")
+@click.pass_context
+def job_cancel(ctx: click.Context, job_id: str, queue: str | None) -> None:
+    """Cancel a job: one that has not started never will; a running one is aborted by
+    its worker and ends as cancelled.
+
+    \b
+    Example:
+      redwork job cancel 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
+    """
     client = _client(ctx)
-    for name in [queue] if queue else _queue_names(client):
-        try:
-            record = client.job(name, job_id)
-        except JobNotFound:
-            continue
-        click.echo(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
-        return
-    raise click.ClickException(f"no job {job_id}" + (f" in queue {queue}" if queue else ""))
+    record = _find_job(client, job_id, queue)
+    try:
+        outcome = client.cancel(record.queue, job_id)
+    except NotCancellable as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"job {job_id}: {outcome}")
 
 
 @cli.group()

@@ -311,31 +311,14 @@ class Client:
     def _plan_enqueue(self, envelopes: Sequence[Envelope]) -> _EnqueuePlan:
         """Encode every job first: a batch with one bad job stores nothing."""
         limit = self.settings.max_payload
-        jobs = [
-            (
-                self.queue(e.queue),
-                NewJob(
-                    e.id,
-                    e.encode(limit),
-                    e.key,
-                    e.idempotency_key,
-                    e.priority,
-                    e.retry_priority,
-                    e.delay_ms,
-                    e.unique_key,
-                    e.unique_policy,
-                ),
-            )
-            for e in envelopes
-        ]
+        jobs = [(self.queue(e.queue), NewJob.of(e, limit)) for e in envelopes]
         chunks = list(_chunks(jobs))
-        idempotency_ms = max(1, int(self.settings.idempotency_ttl * 1000))
         return _EnqueuePlan(
             ids=[e.id for e in envelopes],
             new_queues={e.queue for e in envelopes} - self._known_queues,
             chunks=chunks,
             ops=[
-                queue.enqueue(queued, idempotency_ms, self.settings.result_ttl)
+                queue.enqueue(queued, self.settings.idempotency_ms, self.settings.result_ttl)
                 for queue, queued in chunks
             ],
         )

@@ -36,6 +36,8 @@ STATE_AFTER = {
     "active": "active",
     "completed": "completed",
     "retry_scheduled": "delayed",
+    "delayed": "delayed",
+    "cancel_requested": "active",
     "failed": "failed",
     "recovered": "waiting",
     "returned": "waiting",

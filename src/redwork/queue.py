@@ -15,7 +15,7 @@ import orjson
 import redis
 import redis.asyncio
 
-from redwork.job import JobRecord, check_name
+from redwork.job import Envelope, JobRecord, check_name
 from redwork.scripts import Code, Script, load
 
 T = TypeVar("T")
@@ -162,6 +162,22 @@ class NewJob:
     unique_key: str | None = None
     unique_policy: str = "reject"
 
+    @classmethod
+    def of(cls, envelope: Envelope, max_bytes: int) -> NewJob:
+        """The job to store for a job document (PayloadTooLarge beyond max_bytes)."""
+        e = envelope
+        return cls(
+            e.id,
+            e.encode(max_bytes),
+            e.key,
+            e.idempotency_key,
+            e.priority,
+            e.retry_priority,
+            e.delay_ms,
+            e.unique_key,
+            e.unique_policy,
+        )
+
     def as_args(self) -> tuple[str | bytes | int, ...]:
         """The nine fields of enqueue.lua, '' for each one not given."""
 
@@ -285,7 +301,7 @@ class Queue:
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
         self.workflows, self.levels = p + "workflows", p + "levels"
-        self.aborts = p + "aborts"
+        self.aborts, self.schedules = p + "aborts", p + "schedules"
         """The channel on which the ids of running jobs to abort are published."""
 
     def job_key(self, job_id: str) -> str:
@@ -295,13 +311,20 @@ class Queue:
         return self.job_key(job_id)
 
     def enqueue(
-        self, jobs: Iterable[NewJob], idempotency_ms: int, ttl: int = DEFAULT_TTL
+        self,
+        jobs: Iterable[NewJob],
+        idempotency_ms: int,
+        ttl: int = DEFAULT_TTL,
+        tick: tuple[str, int] | None = None,
     ) -> Op[list[Code | str]]:
-        """`ttl`: seconds a job replaced under its uniqueness key is kept."""
-        args: list[str | bytes | int] = [self.prefix, self.name, idempotency_ms, ttl]
+        """`ttl`: seconds a job replaced under its uniqueness key is kept. `tick`:
+        (schedule name, tick ms) to claim for a periodic job; the reply is [] when the
+        tick was claimed already (nothing is added)."""
+        schedule, at = tick or ("", "")
+        args: list[str | bytes | int] = [self.prefix, self.name, idempotency_ms, ttl, schedule, at]
         for job in jobs:
             args += job.as_args()
-        keys = (self.wait, self.marker, self.events, self.stats, self.delayed)
+        keys = (self.wait, self.marker, self.events, self.stats, self.delayed, self.schedules)
         return Op(_code_or_text, load("enqueue"), keys, args)
 
     def fetch(self, count: int, lease_ms: int, worker_id: str, max_bytes: int) -> Op[Fetched]:

@@ -45,6 +45,9 @@ class Settings:
     """Seconds an idempotency key is remembered: a second enqueue with the same key
     within this window adds nothing and returns the first job's id."""
     max_payload: int = 512 * 1024
+    scheduler: bool = True
+    """Workers also run the scheduler of periodic jobs (any number may: each tick is
+    enqueued once)."""
     block_timeout: float = 2.0
     """Longest a worker waits on the server for work before it checks in again."""
     socket_timeout: float = 5.0
@@ -123,6 +126,10 @@ class Settings:
         return int(self.lease * 1000)
 
     @property
+    def idempotency_ms(self) -> int:
+        return max(1, int(self.idempotency_ttl * 1000))
+
+    @property
     def heartbeat_interval(self) -> float:
         return self.lease / 3
 
@@ -138,9 +145,20 @@ def _parse(name: str, raw: str) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "bool":
+            return _boolean(raw)
         return raw
     except ValueError as exc:
         raise ConfigurationError(f"REDWORK_{name.upper()}={raw!r}: {exc}") from exc
+
+
+def _boolean(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("use true or false (1 or 0)")
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -33,6 +33,7 @@ from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
 from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun, text
 from redwork.registry import Registration
 from redwork.reporter import Reporter
+from redwork.schedule import Scheduler
 from redwork.settings import Settings
 from redwork.workflow import node_inputs
 
@@ -135,6 +136,11 @@ class Worker:
                 roles.create_task(self._heartbeat_loop(), name="heartbeat")
                 roles.create_task(self._recover_loop(), name="recoverer")
                 roles.create_task(self._abort_listener(), name="abort listener")
+                if self.settings.scheduler:
+                    scheduler = Scheduler(
+                        self.app, self.settings.result_ttl, self.settings.idempotency_ms
+                    )
+                    roles.create_task(scheduler.run(self._redis, self._stop), name="scheduler")
                 roles.create_task(self._watch_loop(), name="watchdog")
                 await self._stop.wait()
                 await fetcher

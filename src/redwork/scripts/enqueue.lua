@@ -6,14 +6,19 @@ KEYS[2] marker    ZSET with one member, woken workers block on it
 KEYS[3] events    STREAM and pub/sub channel of job events
 KEYS[4] stats     HASH of counters
 KEYS[5] delayed   ZSET job id -> due time (ms)
+KEYS[6] schedules HASH schedule name -> the last tick (ms) claimed (periodic jobs)
 ARGV[1] prefix    "rw:{queue}:" (job hashes are prefix .. "job:" .. id)
 ARGV[2] queue     queue name
 ARGV[3] idem_ms   how long an idempotency key is remembered
 ARGV[4] ttl       seconds a job replaced under its uniqueness key is kept (cancelled)
-ARGV[5..]         nine fields per job: id, job document (JSON), key, idempotency key,
+ARGV[5] schedule  '' or, for the tick of a periodic job, the schedule's name
+ARGV[6] tick      the tick's time (ms): the call claims it, and applies only if no
+                  later or equal tick of the schedule was claimed (one job per tick, however
+                  many schedulers try); a claim may come with no job (a skipped tick)
+ARGV[7..]         nine fields per job: id, job document (JSON), key, idempotency key,
                   priority (0-9), priority of retries, delay in ms, uniqueness key,
                   uniqueness policy ('reject' or 'replace'); '' for each one not given
-Returns one reply per job: OK; DUPLICATE when the id already exists (a retried enqueue
+Returns {} when the tick was claimed already (nothing is added), else one reply per job: OK; DUPLICATE when the id already exists (a retried enqueue
 whose first reply was lost is applied once); or the id of the job that kept this one out
 (nothing is added): the job enqueued with the same idempotency key within idem_ms, or
 the job queued or running under the same uniqueness key (with policy 'replace', a job
@@ -22,6 +27,11 @@ that has not started is cancelled instead, and this one takes its place).
 -- @include common
 local q = { prefix = ARGV[1], wait = KEYS[1], marker = KEYS[2], delayed = KEYS[5] }
 local queue, idem_ms, ttl = ARGV[2], ARGV[3], ARGV[4]
+if ARGV[5] ~= '' then
+  local last = redis.call('HGET', KEYS[6], ARGV[5])
+  if last and tonumber(last) >= tonumber(ARGV[6]) then return {} end
+  redis.call('HSET', KEYS[6], ARGV[5], ARGV[6])
+end
 local now = now_ms()
 local replies, added, priorities = {}, {}, {}
 local enqueued, delayed, replaced = 0, 0, 0
@@ -37,7 +47,7 @@ local function unique_holder(u)
   return false
 end
 
-for i = 5, #ARGV, 9 do
+for i = 7, #ARGV, 9 do
   local id, key, idem = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local priority, retry_priority, delay = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
   local unique, policy = ARGV[i + 7], ARGV[i + 8]
