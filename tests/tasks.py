@@ -361,6 +361,23 @@ def sync_progress_fraction(fraction: float, message: str) -> str:
     return "reported"
 
 
+@app.task(name="fail_as_aborted")
+async def fail_as_aborted() -> str:
+    """Announced as above. The first attempt blocks the worker's event loop (a sync
+    BLPOP of test:go:<id>, pushed by the test after it cancels the job), then raises at
+    once: the run fails before its worker can have seen the abort. Later attempts
+    return at once."""
+    job = current_job()
+    client = await app.client.aredis()
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.incr(f"test:starts:{job.id}").rpush(f"test:started:{job.id}", job.attempt)
+        await pipe.execute()
+    if job.attempt == 1:
+        app.client.redis().blpop([f"test:go:{job.id}"], timeout=30)
+        raise RuntimeError("failed as the abort arrived")
+    return f"attempt {job.attempt}"
+
+
 # -- tests/test_scheduling.py ------------------------------------------------------------
 
 

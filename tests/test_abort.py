@@ -168,6 +168,28 @@ def test_a_job_cancelled_before_it_starts_never_starts(
     assert run(r, Q.counts()).waiting == 0
 
 
+def test_a_prefetched_job_cancelled_before_it_starts_never_starts(
+    app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    spawn_worker(concurrency=1, prefetch=1)
+    busy = tasks.abortable_sleep.enqueue(60)
+    wait_started(r, busy)
+    # Leased into the worker's prefetch buffer while its one slot is busy: `active` in
+    # Redis, so cancelling it asks the worker, which drops it unstarted.
+    buffered = tasks.abortable_sleep.enqueue(0)
+    wait_for_event(r, "default", "active", buffered.id)
+    assert buffered.cancel() == "cancelling"
+    wait_for_event(r, "default", "cancelled", buffered.id)
+    assert_cancelled(r, buffered)
+    assert starts(r, buffered) == 0
+
+    assert busy.cancel() == "cancelling"
+    assert wait_ended(r, busy) == "cancelled"
+    assert_cancelled(r, busy)
+    assert tasks.add.enqueue(1, 2).result(timeout=20) == 3
+    assert starts(r, buffered) == 0
+
+
 def test_a_worker_killed_while_an_abort_is_pending_leaves_the_job_cancelled(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -206,6 +228,18 @@ def test_a_stopping_worker_hands_back_a_job_asked_to_abort_as_cancelled(
     assert tasks.add.enqueue(1, 1).result(timeout=20) == 2
     assert starts(r, handle) == 1
     assert handle.status() is JobState.CANCELLED
+
+
+def test_a_run_that_fails_as_the_abort_arrives_is_not_retried(
+    app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
+) -> None:
+    spawn_worker()
+    handle = tasks.fail_as_aborted.options(retries=3, backoff=0.01).enqueue()
+    wait_started(r, handle)  # its first run now blocks the worker's loop
+    assert handle.cancel() == "cancelling"
+    r.rpush(f"test:go:{handle.id}", 1)  # it raises before the worker sees the abort
+    assert_cancelled(r, handle)
+    assert starts(r, handle) == 1
 
 
 def test_a_heartbeat_reports_an_abort_nobody_published(

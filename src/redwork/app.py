@@ -28,6 +28,7 @@ from redwork.job import (
     new_job_id,
     now_ms,
 )
+from redwork.limits import Limit, read_limits, set_limit
 from redwork.queue import Op
 from redwork.schedule import (
     Schedule,
@@ -139,6 +140,9 @@ class TaskOptions:
     eta: datetime | float | None = None
     unique_key: str | None = None
     unique: str = "reject"
+    group: str | None = None
+    limit: Limit | None = None
+    """The task's own rate and concurrency limit (stored by its workers)."""
 
 
 class Task(Generic[P, R]):
@@ -165,7 +169,8 @@ class Task(Generic[P, R]):
         adds nothing and gives back the first job); priority (0-9, higher first) and
         retry_priority (the priority of its retries); countdown (seconds) or eta (a
         datetime, or a Unix time in seconds): when it may start; unique_key with unique=
-        "reject" or "replace" (see docs/scheduling.md)."""
+        "reject" or "replace"; group (the group it counts in for its queue's group limit)
+        (see docs/scheduling.md)."""
         retry = self.defaults.retry
         if "retries" in changes:
             retry = replace(retry, max_attempts=int(changes.pop("retries")) + 1)
@@ -201,6 +206,7 @@ class Task(Generic[P, R]):
             ),
             unique_key=None if o.unique_key is None else check_key("unique key", o.unique_key),
             unique_policy=check_unique_policy(o.unique),
+            group=None if o.group is None else check_key("group", o.group),
             delay_ms=_delay_ms(o.countdown, o.eta),
         )
 
@@ -276,6 +282,8 @@ class Redwork:
         backoff_max: float = 300.0,
         priority: int = 0,
         retry_priority: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> TaskDecorator: ...
 
     def task(
@@ -290,12 +298,16 @@ class Redwork:
         backoff_max: float = 300.0,
         priority: int = 0,
         retry_priority: int | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Any:
         """Register a function (plain or `async def`) as a task.
 
         retries: extra attempts after a failure, with exponential backoff from `backoff`
         seconds up to `backoff_max`; timeout: seconds one attempt may run; priority:
-        0-9, higher first; retry_priority: the priority its retries run at."""
+        0-9, higher first; retry_priority: the priority its retries run at;
+        concurrency: at most this many of its jobs run at once, across every worker;
+        rate_limit: at most so many start per period, "50/s" (see docs/scheduling.md)."""
         options = TaskOptions(
             queue=check_name("queue name", queue),
             retry=RetryPolicy(max_attempts=retries + 1, backoff=backoff, backoff_max=backoff_max),
@@ -303,6 +315,11 @@ class Redwork:
             priority=check_priority("priority", priority),
             retry_priority=(
                 None if retry_priority is None else check_priority("retry priority", retry_priority)
+            ),
+            limit=(
+                Limit.of(concurrency, rate_limit)
+                if concurrency is not None or rate_limit is not None
+                else None
             ),
         )
 
@@ -367,6 +384,31 @@ class Redwork:
     def list_schedules(self) -> list[ScheduleState]:
         """Every stored schedule with its last and next tick, by name."""
         return list_schedules(self.client.redis())
+
+    def set_limit(
+        self,
+        queue: str = "default",
+        scope: str = "queue",
+        *,
+        concurrency: int | None = None,
+        rate: str | None = None,
+    ) -> None:
+        """Limit a queue's jobs, across every worker: `scope` "queue" (all of them),
+        "group" (each group of jobs enqueued with the same group=, separately) or
+        "task:<task name>". concurrency: at most so many running at once; rate: at most
+        so many starting per period ("50/s", "10/5s", "1000/h"). Jobs over a limit
+        wait, parked, until there is room. Replaces the scope's previous limit."""
+        limit = Limit.of(concurrency, rate)
+        self.client.run(set_limit(self.client.queue(queue), scope, limit))
+
+    def clear_limit(self, queue: str = "default", scope: str = "queue") -> None:
+        """Remove a scope's limit; the jobs it had parked go back to the queue."""
+        self.client.run(set_limit(self.client.queue(queue), scope, None))
+
+    def limits(self, queue: str = "default") -> dict[str, Limit]:
+        """The limits of a queue, by scope."""
+        result: dict[str, Limit] = self.client.run(read_limits(self.client.queue(queue)))
+        return result
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

@@ -159,6 +159,8 @@ class Envelope:
     """Per-key ordering: jobs of one key never run at once, and start in enqueue order."""
     workflow: dict[str, Any] | None = None
     idempotency_key: str | None = None
+    group: str | None = None
+    """The group the job counts in for the queue's `group` limit (e.g. a customer id)."""
     unique_key: str | None = None
     """At most one job per uniqueness key is queued or running (see unique_policy)."""
     unique_policy: str = "reject"
@@ -199,6 +201,8 @@ class Envelope:
             document["workflow"] = self.workflow
         if self.idempotency_key is not None:
             document["idempotency_key"] = self.idempotency_key
+        if self.group is not None:
+            document["group"] = self.group
         if self.unique_key is not None:
             document["unique_key"] = self.unique_key
             document["unique_policy"] = self.unique_policy
@@ -234,6 +238,7 @@ class Envelope:
                 key=doc.get("key"),
                 workflow=doc.get("workflow"),
                 idempotency_key=doc.get("idempotency_key"),
+                group=doc.get("group"),
                 unique_key=doc.get("unique_key"),
                 unique_policy=doc.get("unique_policy", "reject"),
                 meta=doc.get("meta") or {},

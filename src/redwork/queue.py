@@ -270,6 +270,8 @@ class Counts:
     stats: dict[str, int]
     held: int = 0
     """Keyed jobs waiting behind an earlier job of their key."""
+    limited: int = 0
+    """Jobs waiting for room under a rate or concurrency limit (parked)."""
 
 
 _CODES = tuple(Code)  # indexing a tuple is much cheaper than calling the enum
@@ -302,6 +304,7 @@ class Queue:
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
         self.workflows, self.levels = p + "workflows", p + "levels"
         self.aborts, self.schedules = p + "aborts", p + "schedules"
+        self.limits, self.limited = p + "limits", p + "limited"
         """The channel on which the ids of running jobs to abort are published."""
 
     def job_key(self, job_id: str) -> str:
@@ -450,7 +453,7 @@ class Queue:
 
     def job(self, job_id: str) -> Op[JobRecord | None]:
         def parse(reply: Any) -> JobRecord | None:
-            fields = _as_dict(reply)
+            fields = as_dict(reply)
             return JobRecord.from_hash(self.name, job_id, fields) if fields else None
 
         return Op(parse, command=("HGETALL", self.job_key(job_id)))
@@ -463,7 +466,7 @@ class Queue:
         def parse(entries: list[Any]) -> list[tuple[str, int, int]]:
             found = []
             for _, raw in reversed(entries):
-                fields = _as_dict(raw)
+                fields = as_dict(raw)
                 jobs = fields[b"jobs"].split(b",")
                 if needle in jobs:
                     attempt = fields[b"attempts"].split(b",")[jobs.index(needle)]
@@ -477,8 +480,8 @@ class Queue:
 
     def counts(self) -> Op[Counts]:
         def parse(reply: list[Any]) -> Counts:
-            waiting, active, delayed, failed, stats, held = reply
-            raw = _as_dict(stats)
+            waiting, active, delayed, failed, stats, held, limited = reply
+            raw = as_dict(stats)
             return Counts(
                 int(waiting),
                 int(active),
@@ -486,6 +489,7 @@ class Queue:
                 int(failed),
                 {text(k): int(v) for k, v in raw.items()},
                 int(held),
+                int(limited),
             )
 
         keys = (
@@ -496,6 +500,7 @@ class Queue:
             self.stats,
             self.held,
             self.levels,
+            self.limited,
         )
         return Op(parse, load("counts"), keys, ())
 
@@ -554,7 +559,7 @@ class Queue:
         return Op(lambda r: [int(v or 0) for v in r], command=("MGET", *keys))
 
 
-def _as_dict(reply: Any) -> dict[bytes, bytes]:
+def as_dict(reply: Any) -> dict[bytes, bytes]:
     if isinstance(reply, dict):
         return reply
     return dict(zip(reply[::2], reply[1::2], strict=True))

@@ -30,6 +30,7 @@ from redwork.connection import TRANSIENT, Backoff
 from redwork.context import JobContext, enter_job, leave_job
 from redwork.errors import UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
+from redwork.limits import set_limit
 from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun, text
 from redwork.registry import Registration
 from redwork.reporter import Reporter
@@ -176,6 +177,11 @@ class Worker:
         async def register() -> None:
             await registration.register(self.settings.queues)
             await registration.refresh(self._counters())
+            # The limits of the tasks this worker runs, where fetch can see them.
+            for queue in self.queues:
+                for task in self.app.tasks.values():
+                    if task.defaults.limit is not None:
+                        await self._call(set_limit(queue, f"task:{task.name}", task.defaults.limit))
 
         await connection.aretrying(register, "register", float("inf"))
 

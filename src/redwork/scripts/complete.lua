@@ -30,7 +30,8 @@ local fenced, conflicts, retried, dead = 0, 0, 0, 0
 for i = 4, #ARGV, 4 do
   local id = ARGV[i]
   local key = q.prefix .. 'job:' .. id
-  local code, attempt, wid = check_lease(key, ARGV[i + 1])
+  local code, attempt, wid, holds = check_lease(key, ARGV[i + 1])
+  if code == OK then release_slots(q, id, holds) end
   local effects = code == OK and ARGV[i + 3] ~= '' and cjson.decode(ARGV[i + 3])
   if effects then
     local bad, version, kind = check_state(effects.writes)

@@ -1,8 +1,8 @@
 --[[ fail: record failed runs, for a batch of jobs. A job given a retry delay is
 scheduled again (active -> delayed); one without goes to the failed store
 (active -> failed), where it stays, without expiry, until retried or purged. A run
-stopped because the job was cancelled (reason 'cancelled') ends it as cancelled
-(active -> cancelled), never retried.
+stopped because the job was cancelled (reason 'cancelled'), or any failed run of a job
+asked to abort, ends it as cancelled (active -> cancelled), never retried.
 KEYS[1] active    ZSET of leased job ids
 KEYS[2] delayed   ZSET job id -> due time (ms)
 KEYS[3] failed    ZSET job id -> time it failed (ms)
@@ -25,8 +25,11 @@ local codes, ended = {}, {}
 local dead, retried, fenced, cancelled = 0, 0, 0, 0
 for i = 4, #ARGV, 5 do
   local id = ARGV[i]
-  local code, attempt, wid = check_lease(q.prefix .. 'job:' .. id, ARGV[i + 1])
-  if code == OK and ARGV[i + 2] == 'cancelled' then
+  local code, attempt, wid, holds, abort = check_lease(q.prefix .. 'job:' .. id, ARGV[i + 1])
+  if code == OK then release_slots(q, id, holds) end
+  -- A run that fails after the job was asked to abort ends it as cancelled too, even when
+  -- the worker had not heard of the request yet.
+  if code == OK and (ARGV[i + 2] == 'cancelled' or abort) then
     ended[#ended + 1] = id
     to_cancelled(q, id, attempt, wid, ttl, now)
     cancelled = cancelled + 1

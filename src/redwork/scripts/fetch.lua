@@ -17,6 +17,8 @@ Returns { ms until the next delayed job is due (0 if overdue) or -1 when none,
           id1, token1, attempt1, data1, inputs1, id2, ... }; inputs is '' or, for a
           workflow's node given its dependencies' results, their JSON array.
 The first node of a workflow to start sets the workflow running.
+A job that would exceed a rate or concurrency limit is parked instead (see
+includes/limits.lua); jobs parked under a rate limit whose time has come return first.
 An entry of the wait list that is not a known job id, or a document over max_bytes,
 goes to the failed store here, without being sent to the worker. A job that has lost
 its worker before is delivered alone.
@@ -49,6 +51,10 @@ if #due > 0 then
   push_waiting(q, promoted, priorities, false)
 end
 
+-- Rate and concurrency limits (includes/limits.lua); none is the common case.
+local specs = limit_specs(q)
+if specs then unthrottle(q, specs, now) end
+
 -- Strictly by priority: the highest level first, then down to the plain list.
 local ids, origins = {}, {}
 local function take(list, level, n)
@@ -71,13 +77,40 @@ end
 
 local out = { -1 }
 local leases = {}
+
+local function lease(id, job, holds)
+  local key = prefix .. 'job:' .. id
+  local token = tonumber(job[2] or 0) + 1
+  local attempt = tonumber(job[3] or 0) + 1
+  redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
+    'token', token, 'attempt', attempt)
+  if holds and #holds > 0 then redis.call('HSET', key, 'holds', cjson.encode(holds)) end
+  if job[7] then redis.call('HDEL', key, 'ahead') end
+  leases[#leases + 1] = deadline_ms
+  leases[#leases + 1] = id
+  note('active', id, attempt)
+  out[#out + 1] = id
+  out[#out + 1] = token
+  out[#out + 1] = attempt
+  out[#out + 1] = job[1]
+  out[#out + 1] = job[5] or ''
+  if job[6] then
+    local wf_key = prefix .. 'wf:' .. job[6]
+    if redis.call('HGET', wf_key, 'status') == 'pending' then
+      redis.call('HSET', wf_key, 'status', 'running', 'started_at', now)
+      note('workflow_running', job[6], 0)
+    end
+  end
+end
+
 local i = 1
 while i <= #ids do
   local id = ids[i]
   local key = prefix .. 'job:' .. id
   local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
   local job = valid_id and
-    redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses', 'inputs', 'wf') or { false }
+    redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses', 'inputs', 'wf', 'ahead')
+    or { false }
   if not job[1] then
     -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
     -- '@' cannot start a job id, so this name never collides with a real job.
@@ -95,28 +128,21 @@ while i <= #ids do
     -- it travels alone, so that it cannot take the jobs fetched with it down again.
     local suspect = tonumber(job[4] or 0) > 0
     if suspect and #leases > 0 then break end
-    local token = tonumber(job[2] or 0) + 1
-    local attempt = tonumber(job[3] or 0) + 1
-    redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
-      'token', token, 'attempt', attempt)
-    leases[#leases + 1] = deadline_ms
-    leases[#leases + 1] = id
-    note('active', id, attempt)
-    out[#out + 1] = id
-    out[#out + 1] = token
-    out[#out + 1] = attempt
-    out[#out + 1] = job[1]
-    out[#out + 1] = job[5] or ''
-    if job[6] then
-      local wf_key = prefix .. 'wf:' .. job[6]
-      if redis.call('HGET', wf_key, 'status') == 'pending' then
-        redis.call('HSET', wf_key, 'status', 'running', 'started_at', now)
-        note('workflow_running', job[6], 0)
-      end
+    local blocked, due, holds
+    local scopes = specs and scopes_of(specs, job[1]) or {}
+    if #scopes > 0 then
+      blocked, due, holds = try_start(q, id, tonumber(job[2] or 0) + 1, scopes, job[7], now)
     end
-    if suspect then
-      i = i + 1
-      break
+    if blocked then
+      park(q, id, blocked, job[7], due)
+      if blocked ~= job[7] then pass_turn(q, job[7]) end
+      note('limited', id, job[3])
+    else
+      lease(id, job, holds)
+      if suspect then
+        i = i + 1
+        break
+      end
     end
   end
   i = i + 1
@@ -131,7 +157,16 @@ if redis.call('LLEN', KEYS[1]) > 0 or redis.call('ZCARD', q.levels) > 0 then
 else
   redis.call('DEL', KEYS[5])
 end
+-- When the worker should look again if nothing wakes it: the next delayed job, or the
+-- next time a rate limit has room for parked jobs.
 local next_due = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
 if next_due[2] then out[1] = math.max(0, tonumber(next_due[2]) - now) end
+if specs then
+  local throttled = redis.call('ZRANGE', q.prefix .. 'throttled', 0, 0, 'WITHSCORES')
+  if throttled[2] then
+    local wait = math.max(0, tonumber(throttled[2]) - now)
+    if out[1] < 0 or wait < out[1] then out[1] = wait end
+  end
+end
 flush_events(KEYS[6], queue, now)
 return out

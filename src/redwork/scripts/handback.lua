@@ -18,7 +18,8 @@ local codes, returned, priorities, cancelled = {}, {}, {}, {}
 for i = 4, #ARGV, 2 do
   local id = ARGV[i]
   local key = prefix .. 'job:' .. id
-  local code, attempt, wid = check_lease(key, ARGV[i + 1])
+  local code, attempt, wid, holds = check_lease(key, ARGV[i + 1])
+  if code == OK then release_slots(q, id, holds) end
   if code == OK and redis.call('HEXISTS', key, 'abort') == 1 then
     to_cancelled(q, id, attempt, wid, ttl, now)
     cancelled[#cancelled + 1] = id

@@ -24,7 +24,8 @@ local ttl = ARGV[5]
 local recovered, priorities, buried, cancelled = {}, {}, 0, 0
 for _, id in ipairs(expired) do
   local key = prefix .. 'job:' .. id
-  local job = redis.call('HMGET', key, 'attempt', 'losses', 'priority', 'abort', 'wf')
+  local job = redis.call('HMGET', key, 'attempt', 'losses', 'priority', 'abort', 'wf', 'holds')
+  release_slots(q, id, job[6])  -- a crashed holder's slots free with its lease
   if job[4] then
     -- Asked to abort, and its worker is gone: it ends as cancelled, not run again.
     to_cancelled(q, id, job[1], job[5], ttl, now)

@@ -130,6 +130,7 @@ local function admit(q, id, key, front)
 end
 
 -- @include workflow
+-- @include limits
 
 -- Move a job to the failed store, where it stays (no expiry) until retried or purged.
 -- It no longer holds its key: the next job of the key may run; a workflow's nodes that
@@ -167,19 +168,25 @@ end
 -- from being cancelled ('unknown' when there is no such job).
 local function cancel_unstarted(q, id, ttl, now)
   local job_key = q.prefix .. 'job:' .. id
-  local job = redis.call('HMGET', job_key, 'state', 'key', 'attempt', 'wf', 'priority')
+  local job = redis.call('HMGET', job_key, 'state', 'key', 'attempt', 'wf', 'priority',
+    'parked', 'ahead')
   local state, key, wid = job[1], job[2], job[4]
   if state ~= 'waiting' and state ~= 'delayed' and state ~= 'pending' then
     return state or 'unknown'
   end
   if state == 'delayed' then
     redis.call('ZREM', q.delayed, id)
+  elseif job[6] then  -- parked by a limit
+    if redis.call('LREM', q.prefix .. 'parked:' .. job[6], 1, id) == 1 then
+      redis.call('DECR', q.prefix .. 'limited')
+    end
   elseif state == 'waiting' and not remove_waiting(q, id, job[5]) and key then
     -- Not in circulation: held in its key's line.
     if redis.call('LREM', q.prefix .. 'key:' .. key, 1, id) == 1 then
       redis.call('DECR', q.prefix .. 'held')
     end
   end
+  pass_turn(q, job[7])
   to_cancelled(q, id, job[3], wid, ttl, now)
   return OK
 end
@@ -237,12 +244,14 @@ end
 
 -- Fencing: only the delivery holding the current token may end or extend a job.
 -- A repeat of the call that already ended this delivery is ALREADY_DONE.
--- Returns that code, the job's attempt number and its workflow's id (false if none).
+-- Returns that code, the job's attempt number, its workflow's id (false if none), the
+-- scopes whose slots it holds (false if none; see includes/limits.lua) and whether it
+-- was asked to abort.
 local function check_lease(key, token)
-  local job = redis.call('HMGET', key, 'state', 'token', 'attempt', 'wf')
+  local job = redis.call('HMGET', key, 'state', 'token', 'attempt', 'wf', 'holds', 'abort')
   local state = job[1]
   if job[2] ~= token then return LEASE_LOST, job[3] end
-  if state == 'active' then return OK, job[3], job[4] end
+  if state == 'active' then return OK, job[3], job[4], job[5], job[6] end
   if state == 'completed' or state == 'failed' or state == 'delayed' then
     return ALREADY_DONE, job[3]
   end
