@@ -95,8 +95,8 @@ def test_info_lists_queues_with_counts_and_live_workers(
     app.enqueue_many([keyed.prepare(1, 1), keyed.prepare(2, 2)])  # the second is held
 
     out = ok(run_cli("info", redis_url=redis_url))
-    _, waiting, held, active, delayed, failed, *_ = table_row(out, "cliq")
-    assert (waiting, held, active, delayed, failed) == ("4", "1", "0", "0", "0")
+    _, waiting, held, limited, active, delayed, failed, *_ = table_row(out, "cliq")
+    assert (waiting, held, limited, active, delayed, failed) == ("4", "1", "0", "0", "0", "0")
     assert table_row(out, "idle")[1] == "0"
     worker_row = table_row(out, started["id"])
     assert worker_row[1] == "idle"

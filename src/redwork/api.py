@@ -92,6 +92,9 @@ class JobSubmission(BaseModel):
     unique: Literal["reject", "replace"] = Field(
         default="reject", description="what a second job with the same unique_key does"
     )
+    group: str | None = Field(
+        default=None, min_length=1, max_length=512, description="its group, for group limits"
+    )
 
 
 class WorkflowNodeSubmission(JobSubmission):
@@ -198,6 +201,7 @@ class QueueView(BaseModel):
     name: str
     waiting: int
     held: int
+    limited: int = Field(default=0, description="jobs held back by a rate or concurrency limit")
     active: int
     delayed: int
     failed: int
@@ -371,6 +375,7 @@ class Service:
             "countdown",
             "eta",
             "unique_key",
+            "group",
         ):
             value = getattr(submission, name)
             if value is not None:
@@ -508,6 +513,7 @@ async def queues(service: Service) -> list[QueueView]:
                 name=name,
                 waiting=counts.waiting,
                 held=counts.held,
+                limited=counts.limited,
                 active=counts.active,
                 delayed=counts.delayed,
                 failed=counts.failed,

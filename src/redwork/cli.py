@@ -20,6 +20,7 @@ from redwork.app import Redwork
 from redwork.client import Client
 from redwork.errors import JobNotFound, NotCancellable, RedworkError, WorkflowNotFound
 from redwork.job import JobRecord, now_ms
+from redwork.limits import Limit, read_limits, set_limit
 from redwork.queue import QUEUES_KEY, Queue
 from redwork.registry import live_workers
 from redwork.schedule import Schedule, add_schedules, list_schedules, remove_schedule
@@ -418,6 +419,60 @@ def schedules_remove(ctx: click.Context, name: str) -> None:
     click.echo(f"removed schedule {name}")
 
 
+@cli.group(invoke_without_command=True)
+@click.option("-q", "--queue", default="default", show_default=True)
+@click.pass_context
+def limits(ctx: click.Context, queue: str) -> None:
+    """Rate and concurrency limits of a queue: list them (the default), set or clear one.
+    A scope is `queue`, `group` (each group of jobs, separately) or `task:<task name>`.
+
+    \b
+    Examples:
+      redwork limits -q mail
+      redwork limits -q mail set queue --rate 100/s
+      redwork limits set group --concurrency 1
+      redwork limits set task:shop.tasks.sync_stock --concurrency 3
+      redwork limits clear group
+    """
+    if ctx.invoked_subcommand is None:
+        found = _client(ctx).run(read_limits(Queue(queue)))
+        for scope, limit in sorted(found.items()):
+            click.echo(f"{scope}: {limit}")
+        if not found:
+            click.echo(f"no limits on queue {queue}")
+
+
+@limits.command("set")
+@click.argument("scope")
+@click.option("--concurrency", type=int, help="At most this many running at once.")
+@click.option("--rate", help="At most so many starting per period: 50/s, 10/5s, 1000/h.")
+@click.pass_context
+def limits_set(ctx: click.Context, scope: str, concurrency: int | None, rate: str | None) -> None:
+    """Set the limit of SCOPE (replacing its previous one)."""
+    assert ctx.parent is not None
+    try:
+        limit = Limit.of(concurrency, rate)
+        op = set_limit(Queue(ctx.parent.params["queue"]), scope, limit)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    _client(ctx).run(op)
+    click.echo(f"{scope}: {limit}")
+
+
+@limits.command("clear")
+@click.argument("scope")
+@click.pass_context
+def limits_clear(ctx: click.Context, scope: str) -> None:
+    """Remove the limit of SCOPE; the jobs it held back go back to the queue."""
+    assert ctx.parent is not None
+    try:
+        op = set_limit(Queue(ctx.parent.params["queue"]), scope, None)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    released = _client(ctx).run(op)
+    click.echo(f"{scope}: no limit ({released} jobs released)")
+
+
 @cli.group()
 def server() -> None:
     """Start, stop or inspect the embedded Valkey server of a data directory.
@@ -473,8 +528,8 @@ def _queue_names(client: Client) -> list[str]:
 @cli.command()
 @click.pass_context
 def info(ctx: click.Context) -> None:
-    """Queues (waiting, held behind a key, running, delayed, failed, throughput), and
-    live workers.
+    """Queues (waiting, held behind a key, held back by a limit, running, delayed, failed,
+    throughput), and live workers.
 
     \b
     Example:
@@ -490,7 +545,16 @@ def info(ctx: click.Context) -> None:
     for table, columns in (
         (
             now_table,
-            ("queue", "waiting", "held", "active", "delayed", "failed", "done/min, last 5"),
+            (
+                "queue",
+                "waiting",
+                "held",
+                "limited",
+                "active",
+                "delayed",
+                "failed",
+                "done/min, last 5",
+            ),
         ),
         (totals, ("queue", "enqueued", "completed", "failed", "retried", "recovered", "fenced")),
     ):
@@ -504,6 +568,7 @@ def info(ctx: click.Context) -> None:
             name,
             str(counts.waiting),
             str(counts.held),
+            str(counts.limited),
             str(counts.active),
             str(counts.delayed),
             str(counts.failed),

@@ -74,7 +74,7 @@ function renderStats(stats) {
     const row = rows.insertRow();
     row.dataset.queue = q.name;
     cell(row, q.name);
-    for (const n of [q.waiting, q.held, q.active, q.delayed]) cell(row, n, true);
+    for (const n of [q.waiting, q.held, q.limited, q.active, q.delayed]) cell(row, n, true);
     const failedCell = cell(row, "", true);
     failedCell.append(link(`#/failed/${encodeURIComponent(q.name)}`, String(q.failed)));
     cell(row, done - before.done, true);
