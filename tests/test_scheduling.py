@@ -17,7 +17,7 @@ import httpx
 import pytest
 import redis
 
-from redwork import JobCancelled, JobFailed, JobState, Redwork, Worker
+from redwork import JobCancelled, JobFailed, JobState, Redwork, Settings, Worker
 from redwork.queue import Completion, Failure, Queue, run
 from tests import tasks
 from tests.conftest import (
@@ -179,8 +179,8 @@ def test_countdown_with_eta_or_not_a_number_is_refused(app: Redwork, r: redis.Re
 
 async def test_a_cancelled_delayed_job_never_starts(app: Redwork, r: redis.Redis) -> None:
     async with idle_worker(app, r):
-        doomed = await tasks.add.options(countdown=0.5).aenqueue(1, 1)
-        witness = await tasks.add.options(countdown=1.0).aenqueue(2, 2)
+        doomed = await tasks.add.options(countdown=1.0).aenqueue(1, 1)
+        witness = await tasks.add.options(countdown=1.5).aenqueue(2, 2)
         assert await doomed.acancel() == "cancelled"
         assert r.zrange(Q.delayed, 0, -1) == [witness.id.encode()]
         # The witness, due after it, has run: the worker went past the doomed job's due time.
@@ -201,14 +201,14 @@ async def test_a_delayed_keyed_job_does_not_hold_its_key_and_joins_its_line_when
 ) -> None:
     # A is enqueued first but delayed; B (same key, enqueued after it) starts at once and
     # is still running when A falls due: A then waits behind B, in its key's line.
-    a = await tasks.keyed_run.options(key="k", countdown=0.5).aenqueue("k", "A", 0)
-    b = await tasks.keyed_run.options(key="k").aenqueue("k", "B", 2.0)
-    assert (await a.astatus(), await b.astatus()) != (JobState.DELAYED, JobState.DELAYED)
+    a = await tasks.keyed_run.options(key="k", countdown=0.5).aenqueue("k", 0, 0)
+    b = await tasks.keyed_run.options(key="k").aenqueue("k", 1, 2.0)
+    assert r.hget(Q.prefix + "keys", "k") == b.id.encode()  # the delayed A is not its head
     promoted = await event(r, "promoted", a.id, timeout=10)
     assert await b.aresult(timeout=10) is None
     assert await a.aresult(timeout=10) is None
     runs = [x.decode() for x in r.lrange("test:runs:k", 0, -1)]
-    assert runs == ["start B", "end B", "start A", "end A"]
+    assert runs == ["start 1", "end 1", "start 0", "end 0"]  # B (seq 1), then A (seq 0)
     ai, bi = a.info(), b.info()
     assert ai.due_at is not None and ai.started_at is not None and bi.finished_at is not None
     assert int(promoted["at"]) < bi.finished_at  # A was due while B ran...
@@ -320,7 +320,7 @@ def test_a_retry_runs_at_its_retry_priority(
 
 @pytest.mark.parametrize("bad", [10, -1, "x", True, 1.5])
 def test_an_invalid_priority_is_refused(
-    app: Redwork, r: redis.Redis, settings: Any, bad: Any
+    app: Redwork, r: redis.Redis, settings: Settings, bad: Any
 ) -> None:
     with pytest.raises(ValueError):
         tasks.add.options(priority=bad).enqueue(1, 1)
@@ -345,6 +345,18 @@ def test_counts_waiting_includes_every_level(app: Redwork, r: redis.Redis) -> No
     counts = run(r, Q.counts())
     assert (counts.waiting, counts.active) == (5, 1)
     assert r.zrange(Q.levels, 0, -1) == [b"4"]  # the emptied level is dropped by fetch
+
+
+def test_a_delayed_job_joins_its_own_level_when_due(app: Redwork, r: redis.Redis) -> None:
+    # countdown 0: delayed, due at once; the next fetch promotes both, then leases by level.
+    low = tasks.add.options(countdown=0).enqueue(0, 0)
+    high = tasks.add.options(countdown=0, priority=8).enqueue(8, 0)
+    plain = tasks.add.options(priority=3).enqueue(3, 0)
+    assert run(r, Q.counts()).delayed == 2
+    order = []
+    while (delivery := fetch_one(r)) is not None:
+        order.append(delivery.id)
+    assert order == [high.id, plain.id, low.id]
 
 
 def test_a_priority_job_whose_worker_died_goes_back_to_the_front_of_its_level(
@@ -484,11 +496,6 @@ async def test_a_worker_releases_the_unique_key_when_a_job_completes_or_fails(
     assert not r.exists(Q.prefix + "unique:u")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="retry_failed.lua sends a dead letter back to waiting without taking its "
-    "unique key again: a second job of the key is then added while it waits",
-)
 def test_a_dead_letter_sent_back_holds_its_unique_key_again(app: Redwork, r: redis.Redis) -> None:
     unique = tasks.add.options(unique_key="u")
     a = unique.enqueue(1, 1)
@@ -497,6 +504,34 @@ def test_a_dead_letter_sent_back_holds_its_unique_key_again(app: Redwork, r: red
     assert run(r, Q.retry_failed([a.id])) == 1
     assert a.status() is JobState.WAITING
     assert unique.enqueue(2, 2).id == a.id
+
+
+def test_a_dead_letter_whose_unique_key_is_taken_stays_failed(app: Redwork, r: redis.Redis) -> None:
+    unique = tasks.add.options(unique_key="u")
+    a = unique.enqueue(1, 1)
+    lease = fetch_one(r)
+    run(r, Q.fail([Failure(a.id, lease.token, "exception", "x")]))
+    b = unique.enqueue(2, 2)  # the key was released: b takes it
+    assert b.id != a.id
+    assert run(r, Q.retry_failed([a.id])) == 0
+    assert a.status() is JobState.FAILED
+    assert r.get(Q.prefix + "unique:u") == b.id.encode()
+
+
+async def test_unique_replace_within_one_batch_runs_only_the_last(
+    app: Redwork, r: redis.Redis
+) -> None:
+    one, two = await app.aenqueue_many(
+        tasks.echo.options(unique_key="u", unique="replace").prepare(value)
+        for value in ("one", "two")
+    )
+    assert one.id != two.id
+    assert await one.astatus() is JobState.CANCELLED
+    async with idle_worker(app, r):
+        assert await two.aresult(timeout=10) == "two"  # "one" was ahead of it, if queued
+    assert "active" not in timeline(r, one.id)
+    assert await one.astatus() is JobState.CANCELLED
+    assert run(r, Q.counts()).stats.get("completed") == 1
 
 
 def produce_concurrently(app: Redwork, policy: str, threads: int = 8, each: int = 50) -> list[str]:

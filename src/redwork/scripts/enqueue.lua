@@ -36,16 +36,9 @@ local now = now_ms()
 local replies, added, priorities = {}, {}, {}
 local enqueued, delayed, replaced = 0, 0, 0
 
--- The job holding uniqueness key u, if it has not ended.
-local function unique_holder(u)
-  local holder = redis.call('GET', q.prefix .. 'unique:' .. u)
-  if not holder then return false end
-  local state = redis.call('HGET', q.prefix .. 'job:' .. holder, 'state')
-  if state == 'waiting' or state == 'delayed' or state == 'active' or state == 'pending' then
-    return holder
-  end
-  return false
-end
+-- Jobs of this call to push on the wait list at the end, by id: a job of this call
+-- replaced by a later one under its uniqueness key must not be pushed.
+local batched = {}
 
 for i = 7, #ARGV, 9 do
   local id, key, idem = ARGV[i], ARGV[i + 2], ARGV[i + 3]
@@ -59,9 +52,10 @@ for i = 7, #ARGV, 9 do
   else
     reply = idem_key and redis.call('GET', idem_key) or OK
     if reply == OK and unique ~= '' then
-      local holder = unique_holder(unique)
+      local holder = unique_holder(q, unique)
       if holder and policy == 'replace' and cancel_unstarted(q, holder, ttl, now) == OK then
         replaced = replaced + 1
+        if batched[holder] then added[batched[holder]] = false end
         holder = false
       end
       reply = holder or OK
@@ -97,6 +91,7 @@ for i = 7, #ARGV, 9 do
       if key == '' or admit(q, id, key, false) then
         added[#added + 1] = id
         priorities[#added] = priority
+        batched[id] = #added
       end
       note('enqueued', id, 0)
     end
@@ -104,9 +99,16 @@ for i = 7, #ARGV, 9 do
   end
   replies[#replies + 1] = reply
 end
-if #added > 0 then push_waiting(q, added, priorities, false) end
+local waiting, waiting_priorities = {}, {}
+for i, id in ipairs(added) do
+  if id then
+    waiting[#waiting + 1] = id
+    waiting_priorities[#waiting] = priorities[i]
+  end
+end
+if #waiting > 0 then push_waiting(q, waiting, waiting_priorities, false) end
 -- A delayed job wakes an idle worker too, so that it waits for the new due time.
-if #added + delayed > 0 then redis.call('ZADD', q.marker, 0, 'm') end
+if #waiting + delayed > 0 then redis.call('ZADD', q.marker, 0, 'm') end
 if enqueued > 0 then redis.call('HINCRBY', KEYS[4], 'enqueued', enqueued) end
 if replaced > 0 then redis.call('HINCRBY', KEYS[4], 'cancelled', replaced) end
 flush_events(KEYS[3], queue, now)

@@ -1,5 +1,6 @@
 --[[ retry_failed: send jobs from the failed store back to the queue (failed -> waiting),
-with a fresh attempt budget. Their last error stays on the job until it runs again.
+with a fresh attempt budget. A job with a uniqueness key takes it back; one whose key
+another job holds now stays in the failed store (there is at most one of a key queued). Their last error stays on the job until it runs again.
 A keyed job whose key has a head in circulation waits first in its key's line. A
 workflow's node reopens its workflow: the nodes it had skipped wait for it again.
 KEYS[1] wait      LIST of waiting job ids
@@ -23,8 +24,12 @@ local moved = 0
 local by_key, keys_seen = {}, {}
 for _, id in ipairs(ids) do
   -- Entries buried by fetch as raw bytes (@raw-N) are not jobs and cannot run again.
-  if string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
-    local job_key = q.prefix .. 'job:' .. id
+  local job_key = q.prefix .. 'job:' .. id
+  local unique = redis.call('HGET', job_key, 'unique')
+  -- A job whose uniqueness key another job holds now stays in the failed store.
+  local free = not unique or not unique_holder(q, unique)
+  if free and string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
+    if unique then redis.call('SET', q.prefix .. 'unique:' .. unique, id) end
     redis.call('HSET', job_key, 'state', 'waiting', 'attempt', 0, 'losses', 0)
     local job = redis.call('HMGET', job_key, 'key', 'enqueued_at', 'wf', 'priority')
     if job[3] then reopen_node(q, job[3], id) end

@@ -117,6 +117,17 @@ local function release_holds(q, id)
   end
 end
 
+-- The job holding uniqueness key u, if it has not ended.
+local function unique_holder(q, u)
+  local holder = redis.call('GET', q.prefix .. 'unique:' .. u)
+  if not holder then return false end
+  local state = redis.call('HGET', q.prefix .. 'job:' .. holder, 'state')
+  if state == 'waiting' or state == 'delayed' or state == 'active' or state == 'pending' then
+    return holder
+  end
+  return false
+end
+
 -- Put a job into circulation (the wait list), or behind the head of its key.
 -- `front` puts it first in its key's line (a job that was already ahead of the others).
 local function admit(q, id, key, front)
