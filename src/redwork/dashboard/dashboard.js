@@ -199,7 +199,8 @@ function renderJob(job) {
     ["queue", job.queue], ["state", job.state], ["task", job.task], ["key", job.key],
     ["attempt", `${job.attempt} of ${text(job.max_attempts)}`], ["worker", job.worker],
     ["enqueued", when(job.enqueued_at)], ["started", when(job.started_at)],
-    ["finished", when(job.finished_at)], ["reason", job.reason],
+    ["finished", when(job.finished_at)], ["priority", job.priority], ["due", when(job.due_at)],
+    ["reason", job.reason],
     ["progress", job.progress === null || job.progress === undefined ? "" : JSON.stringify(job.progress)],
   ];
   for (const [name, value] of shown) {
@@ -214,7 +215,10 @@ function renderJob(job) {
   $("#job-args").textContent = JSON.stringify({ args: job.args, kwargs: job.kwargs }, null, 2);
   $("#job-result").textContent = job.result === null ? "" : JSON.stringify(job.result, null, 2);
   $("#job-error").textContent = text(job.error || job.raw);
-  $("#job-cancel").disabled = !["pending", "waiting", "delayed"].includes(job.state);
+  // A running job can be cancelled too: its worker aborts it (once asked, the button rests).
+  const cancellable = ["pending", "waiting", "delayed"].includes(job.state)
+    || (job.state === "active" && !job.cancel_requested);
+  $("#job-cancel").disabled = !cancellable;
   $("#job-retry").disabled = job.state !== "failed";
   $("#job-cancel").onclick = () => jobAction(job, `/api/jobs/${job.id}/cancel?queue=${encodeURIComponent(job.queue)}`, null);
   $("#job-retry").onclick = () => jobAction(job, `/api/queues/${encodeURIComponent(job.queue)}/failed/retry`, { ids: [job.id] });
