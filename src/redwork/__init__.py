@@ -17,6 +17,8 @@ from redwork.errors import (
     WorkflowNotFound,
 )
 from redwork.job import JobState
+from redwork.limits import Limit, LimitError
+from redwork.schedule import Schedule, ScheduleError, ScheduleState
 from redwork.settings import Settings
 from redwork.state import StagedState, StateItem, StateStore
 from redwork.worker import Worker
@@ -32,12 +34,17 @@ __all__ = [
     "JobNotFound",
     "JobState",
     "LeaseLost",
+    "Limit",
+    "LimitError",
     "NotCancellable",
     "PayloadTooLarge",
     "Redwork",
     "RedworkError",
     "Ref",
     "ResultTimeout",
+    "Schedule",
+    "ScheduleError",
+    "ScheduleState",
     "SerializationError",
     "Settings",
     "StagedState",

@@ -32,6 +32,7 @@ from redwork.limits import Limit, read_limits, set_limit
 from redwork.queue import Op
 from redwork.schedule import (
     Schedule,
+    ScheduleError,
     ScheduleState,
     add_schedules,
     list_schedules,
@@ -366,6 +367,10 @@ class Redwork:
                 timezone=timezone,
                 priority=task.defaults.priority,
             )
+            if schedule.name in self.schedules:
+                raise ScheduleError(
+                    f"two periodic jobs are named {schedule.name!r}: give one a name="
+                )
             self.schedules[schedule.name] = schedule
             return task
 
