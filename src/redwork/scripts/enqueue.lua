@@ -65,23 +65,17 @@ for i = 7, #ARGV, 9 do
     if idem_key then redis.call('SET', idem_key, id, 'PX', idem_ms) end
     -- attempt, token and losses start absent, read as 0: less for the server to write.
     local fields = { 'data', ARGV[i + 1], 'state', 'waiting', 'enqueued_at', now }
-    local function add(name, value)
-      if value ~= '' and value ~= '0' then
-        fields[#fields + 1] = name
-        fields[#fields + 1] = value
-      end
-    end
-    add('key', key)
-    add('priority', priority)
-    add('retry_priority', retry_priority)
+    add_field(fields, 'key', key)
+    add_field(fields, 'priority', priority)
+    add_field(fields, 'retry_priority', retry_priority)
     if unique ~= '' then
-      add('unique', unique)
+      add_field(fields, 'unique', unique)
       redis.call('SET', q.prefix .. 'unique:' .. unique, id)
     end
     if delay ~= '' then
       local due = now + tonumber(delay)
       fields[4] = 'delayed'
-      add('due_at', tostring(due))
+      add_field(fields, 'due_at', tostring(due))
       redis.call('HSET', job_key, unpack(fields))
       redis.call('ZADD', q.delayed, due, id)
       note('delayed', id, 0)

@@ -32,22 +32,16 @@ local nodes, roots, priorities = {}, {}, {}
 for i = 6, #ARGV, FIELDS do
   local id, key, needs = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local fields = { 'data', ARGV[i + 1], 'enqueued_at', now, 'wf', wid }
-  local function add(name, value)
-    if value ~= '' and value ~= '0' then
-      fields[#fields + 1] = name
-      fields[#fields + 1] = value
-    end
-  end
-  add('key', key)
-  add('needs', needs)
-  add('next', ARGV[i + 4])
-  add('pass', ARGV[i + 5])
-  add('collect', ARGV[i + 6])
-  add('priority', ARGV[i + 7])
-  add('retry_priority', ARGV[i + 8])
+  add_field(fields, 'key', key)
+  add_field(fields, 'needs', needs)
+  add_field(fields, 'next', ARGV[i + 4])
+  add_field(fields, 'pass', ARGV[i + 5])
+  add_field(fields, 'collect', ARGV[i + 6])
+  add_field(fields, 'priority', ARGV[i + 7])
+  add_field(fields, 'retry_priority', ARGV[i + 8])
   if needs == '' then
-    add('state', 'waiting')
-    if ARGV[i + 5] ~= '' then add('inputs', '[]') end
+    add_field(fields, 'state', 'waiting')
+    if ARGV[i + 5] ~= '' then add_field(fields, 'inputs', '[]') end
     redis.call('HSET', q.prefix .. 'job:' .. id, unpack(fields))
     if admit(q, id, key ~= '' and key or false, false) then
       roots[#roots + 1] = id
@@ -57,8 +51,8 @@ for i = 6, #ARGV, FIELDS do
   else
     local deps = 1
     for _ in string.gmatch(needs, ',') do deps = deps + 1 end
-    add('state', 'pending')
-    add('deps', tostring(deps))
+    add_field(fields, 'state', 'pending')
+    add_field(fields, 'deps', tostring(deps))
     redis.call('HSET', q.prefix .. 'job:' .. id, unpack(fields))
     note('pending', id, 0)
   end

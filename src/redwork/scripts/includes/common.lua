@@ -33,6 +33,15 @@ local function call_chunked(command, key, items, step, option)
   end
 end
 
+-- Append `name value` to a list of hash fields, unless the value is '' or '0' (absent
+-- fields read as their default: less for the server to store).
+local function add_field(fields, name, value)
+  if value ~= '' and value ~= '0' then
+    fields[#fields + 1] = name
+    fields[#fields + 1] = value
+  end
+end
+
 -- Events are gathered during a script and recorded once per kind at its end: one
 -- stream entry (replay) and one message on the queue's channel (live), each naming
 -- every job concerned. One entry per job would cost more than the transition itself.
