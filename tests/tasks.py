@@ -393,3 +393,59 @@ async def sched_mark(log: str, label: str, seconds: float = 0.0, fail_first: boo
     if fail_first and job.attempt == 1:
         raise RuntimeError(f"{label} fails its first attempt")
     return job.attempt
+
+
+# -- tests/test_limits.py and tests/test_periodic.py -------------------------------------
+
+# Atomically, for each pair of keys: INCR the first (how many run now) and raise the
+# second (the most seen at once) to it.
+_PROBE_ENTER = """
+for i = 1, #KEYS, 2 do
+  local n = redis.call('INCR', KEYS[i])
+  if n > tonumber(redis.call('GET', KEYS[i + 1]) or '0') then redis.call('SET', KEYS[i + 1], n) end
+end
+"""
+
+
+def probe_keys(counter: str) -> tuple[str, str]:
+    """(runs now, most at once) of a limit_probe counter."""
+    return f"test:limits:now:{counter}", f"test:limits:peak:{counter}"
+
+
+@app.task(name="limit_probe")
+async def limit_probe(
+    counters: list[str], seconds: float = 0.0, later_seconds: float | None = None
+) -> str:
+    """Counted in each of `counters` while it runs (see probe_keys; the peak is updated
+    atomically with the count); the attempt is RPUSHed to test:started:<job id> (which a
+    test BLPOPs) once counted. Sleeps `seconds`, or `later_seconds` on attempts after the
+    first if given. Returns the worker id."""
+    job = current_job()
+    client = await app.client.aredis()
+    keys = [key for counter in counters for key in probe_keys(counter)]
+    if keys:
+        await client.eval(_PROBE_ENTER, len(keys), *keys)
+    await client.rpush(f"test:started:{job.id}", job.attempt)
+    try:
+        pause = seconds
+        if later_seconds is not None and job.attempt > 1:
+            pause = later_seconds
+        await asyncio.sleep(pause)
+    finally:
+        for counter in counters:
+            await client.decr(probe_keys(counter)[0])
+    return job.worker_id
+
+
+@app.task(name="limit_noop")
+async def limit_noop() -> None:
+    """Does nothing: a rate-limited job's start time is its record's started_at."""
+
+
+@app.task(name="periodic_mark")
+async def periodic_mark(log: str = "test:periodic:runs") -> str:
+    """RPUSH the job's id to the Redis list `log` (a test BLPOPs it). Returns the id."""
+    job = current_job()
+    client = await app.client.aredis()
+    await client.rpush(log, job.id)
+    return job.id

@@ -255,14 +255,36 @@ class Worker:
             try:
                 got, next_due_ms = await self._fetch_once()
                 if got == 0:
-                    timeout = self.settings.block_timeout
-                    if next_due_ms is not None:
-                        timeout = min(timeout, max(next_due_ms / 1000, 0.001))
-                    # Losing a popped marker to a stop is harmless: markers only wake.
-                    await self._unless_stopped(self._fetching.bzpopmin(markers, timeout))
+                    await self._wait_for_work(markers, next_due_ms)
                 backoff.reset()
             except TRANSIENT as exc:
                 await asyncio.sleep(backoff.next("fetch", exc))
+
+    async def _wait_for_work(self, markers: list[str], next_due_ms: int | None) -> None:
+        """Block on the queues' markers until work arrives, `block_timeout` passes, or
+        the next delayed job (or rate-limited one) is due. The server checks blocking
+        timeouts only about every 100 ms (its `hz`), so for a due time the worker also
+        sets the marker itself when the time comes: a delayed job starts within a few
+        milliseconds of it."""
+        assert self._fetching is not None
+        timeout = self.settings.block_timeout
+        alarm = None
+        if next_due_ms is not None and next_due_ms / 1000 < timeout:
+            alarm = asyncio.create_task(self._set_markers_in(next_due_ms / 1000, markers))
+            timeout = max(next_due_ms / 1000, 0.001)
+        try:
+            # Losing a popped marker to a stop is harmless: markers only wake.
+            await self._unless_stopped(self._fetching.bzpopmin(markers, timeout))
+        finally:
+            if alarm is not None:
+                alarm.cancel()
+
+    async def _set_markers_in(self, seconds: float, markers: list[str]) -> None:
+        await asyncio.sleep(seconds)
+        assert self._redis is not None
+        with contextlib.suppress(*TRANSIENT):
+            for marker in markers:
+                await self._redis.zadd(marker, {"m": 0})
 
     def _wanted(self) -> int:
         """Jobs to ask for: one per free slot, plus the prefetch buffer's free room."""
