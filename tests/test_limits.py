@@ -326,3 +326,18 @@ def test_set_limit_stores_and_replaces_a_scopes_limit(app: Redwork, r: redis.Red
     app.clear_limit("default", "group")
     assert app.limits("default") == {"queue": Limit(concurrency=2, rate=50)}
     assert app.limits("other") == {}
+
+
+def test_parked_jobs_keep_their_order(app: Redwork, r: redis.Redis) -> None:
+    """Jobs held back by a limit start in enqueue order once there is room, however many
+    are released at once."""
+    app.set_limit("default", "queue", concurrency=1)
+    handles = app.enqueue_many(tasks.limit_noop.prepare() for _ in range(6))
+    holder = run(r, Q.fetch(1, 60_000, "w", 1 << 20)).deliveries
+    assert [d.id for d in holder] == [handles[0].id]
+    assert run(r, Q.fetch(5, 60_000, "w", 1 << 20)).deliveries == []  # all parked
+    assert limited(r) == 5
+    app.clear_limit("default", "queue")  # releases the five at once
+    released = run(r, Q.fetch(5, 60_000, "w", 1 << 20)).deliveries
+    assert [d.id for d in released] == [h.id for h in handles[1:]]
+    assert limited(r) == 0

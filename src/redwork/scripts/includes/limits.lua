@@ -99,20 +99,29 @@ end
 -- Return up to n jobs parked under a scope to the front of the wait list.
 local function unpark(q, name, n)
   local list = q.prefix .. 'parked:' .. name
-  local moved = 0
-  while moved < n do
+  local moved, priorities = {}, {}
+  while #moved < n do
     local id = redis.call('LPOP', list)
     if not id then break end
     local job_key = q.prefix .. 'job:' .. id
     redis.call('HDEL', job_key, 'parked')
     redis.call('HSET', job_key, 'ahead', name)
-    redis.call('DECR', q.prefix .. 'limited')
-    push_waiting(q, { id }, { redis.call('HGET', job_key, 'priority') }, true)
-    moved = moved + 1
+    moved[#moved + 1] = id
+    priorities[#moved] = redis.call('HGET', job_key, 'priority')
+  end
+  if #moved > 0 then
+    redis.call('DECRBY', q.prefix .. 'limited', #moved)
+    -- To the front, the oldest last pushed, so that it is taken first.
+    local ids, levels = {}, {}
+    for i = #moved, 1, -1 do
+      ids[#ids + 1] = moved[i]
+      levels[#ids] = priorities[i]
+    end
+    push_waiting(q, ids, levels, true)
+    redis.call('ZADD', q.marker, 0, 'm')
   end
   if redis.call('EXISTS', list) == 0 then redis.call('SREM', q.prefix .. 'parking', name) end
-  if moved > 0 then redis.call('ZADD', q.marker, 0, 'm') end
-  return moved
+  return #moved
 end
 
 -- A job stops running (for now or for good): free its slots, each to a parked job.
