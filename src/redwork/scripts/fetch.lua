@@ -33,7 +33,11 @@ local max_bytes = tonumber(ARGV[6])
 local now = now_ms()
 local deadline_ms = now + tonumber(ARGV[4])
 
-local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, CHUNK)
+-- Promote a few times what the worker asked for, not all that is due: when many fall
+-- due at once, each call stays short (other clients wait while a script runs), and
+-- every worker's next fetch promotes more.
+local promote = math.min(CHUNK, math.max(100, count * 4))
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, promote)
 if #due > 0 then
   local promoted, priorities = {}, {}
   for _, id in ipairs(due) do
@@ -82,9 +86,13 @@ local function lease(id, job, holds)
   local key = prefix .. 'job:' .. id
   local token = tonumber(job[2] or 0) + 1
   local attempt = tonumber(job[3] or 0) + 1
-  redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
-    'token', token, 'attempt', attempt)
-  if holds and #holds > 0 then redis.call('HSET', key, 'holds', cjson.encode(holds)) end
+  if holds and #holds > 0 then
+    redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
+      'token', token, 'attempt', attempt, 'holds', cjson.encode(holds))
+  else
+    redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
+      'token', token, 'attempt', attempt)
+  end
   if job[7] then redis.call('HDEL', key, 'ahead') end
   leases[#leases + 1] = deadline_ms
   leases[#leases + 1] = id
@@ -150,6 +158,7 @@ end
 -- Put back what this fetch did not take, in the same order, to be taken next.
 for j = #ids, i, -1 do push_waiting(q, { ids[j] }, { origins[j] }, true) end
 if #leases > 0 then call_chunked('ZADD', KEYS[2], leases, 2) end
+if specs then record_starts(q) end
 
 if redis.call('LLEN', KEYS[1]) > 0 or redis.call('ZCARD', q.levels) > 0 then
   -- Work is left: wake the next idle worker.

@@ -197,9 +197,9 @@ local function cancel_unstarted(q, id, ttl, now)
   if state == 'delayed' then
     redis.call('ZREM', q.delayed, id)
   elseif job[6] then  -- parked by a limit
-    if redis.call('LREM', q.prefix .. 'parked:' .. job[6], 1, id) == 1 then
-      redis.call('DECR', q.prefix .. 'limited')
-    end
+    local parked = q.prefix .. 'parked:' .. job[6]
+    if redis.call('LREM', parked, 1, id) == 1 then redis.call('DECR', q.prefix .. 'limited') end
+    if redis.call('EXISTS', parked) == 0 then redis.call('SREM', q.prefix .. 'parking', job[6]) end
   elseif state == 'waiting' and not remove_waiting(q, id, job[5]) and key then
     -- Not in circulation: held in its key's line.
     if redis.call('LREM', q.prefix .. 'key:' .. key, 1, id) == 1 then

@@ -57,38 +57,70 @@ local function recent_starts(q, name, spec, now)
   return redis.call('ZCARD', started)
 end
 
+-- What fetch knows of each scope during one call, read once per scope and kept up to
+-- date as the call starts and parks jobs: whether jobs are parked, how many run, how
+-- many started within the period, and the starts to record when the call ends.
+local scope_counts = {}
+
+local function counts_of(q, name, spec, now)
+  local c = scope_counts[name]
+  if not c then
+    c = {
+      parked = redis.call('EXISTS', q.prefix .. 'parked:' .. name) == 1,
+      running = spec[1] > 0 and redis.call('SCARD', q.prefix .. 'running:' .. name) or 0,
+      started = spec[2] > 0 and recent_starts(q, name, spec, now) or 0,
+      starts = {},
+      spec = spec,
+    }
+    scope_counts[name] = c
+  end
+  return c
+end
+
 -- Take the job's slots and starts if every scope has room; else return the scope that
 -- holds it back and, for a rate, when the scope next has room (ms).
 local function try_start(q, id, token, scopes, ahead, now)
   for _, scope in ipairs(scopes) do
     local name, spec = scope[1], scope[2]
-    if not ahead and redis.call('EXISTS', q.prefix .. 'parked:' .. name) == 1 then
+    local c = counts_of(q, name, spec, now)
+    if (c.parked and not ahead) or (spec[1] > 0 and c.running >= spec[1]) then
       return name
     end
-    if spec[1] > 0 and redis.call('SCARD', q.prefix .. 'running:' .. name) >= spec[1] then
-      return name
-    end
-    if spec[2] > 0 and recent_starts(q, name, spec, now) >= spec[2] then
+    if spec[2] > 0 and c.started >= spec[2] then
       local oldest = redis.call('ZRANGE', q.prefix .. 'started:' .. name, 0, 0, 'WITHSCORES')
-      return name, tonumber(oldest[2]) + spec[3]
+      return name, (tonumber(oldest[2]) or now) + spec[3]
     end
   end
   local holds = {}
   for _, scope in ipairs(scopes) do
     local name, spec = scope[1], scope[2]
+    local c = scope_counts[name]
     if spec[1] > 0 then
       redis.call('SADD', q.prefix .. 'running:' .. name, id)
+      c.running = c.running + 1
       holds[#holds + 1] = name
     end
     if spec[2] > 0 then
-      redis.call('ZADD', q.prefix .. 'started:' .. name, now, id .. ':' .. token)
-      redis.call('PEXPIRE', q.prefix .. 'started:' .. name, spec[3])
+      c.started = c.started + 1
+      c.starts[#c.starts + 1] = now
+      c.starts[#c.starts + 1] = id .. ':' .. token
     end
   end
   return nil, nil, holds
 end
 
+-- Record the starts of rate-limited scopes that this fetch call made.
+local function record_starts(q)
+  for name, c in pairs(scope_counts) do
+    if #c.starts > 0 then
+      call_chunked('ZADD', q.prefix .. 'started:' .. name, c.starts, 2)
+      redis.call('PEXPIRE', q.prefix .. 'started:' .. name, c.spec[3])
+    end
+  end
+end
+
 local function park(q, id, name, ahead, due)
+  if scope_counts[name] then scope_counts[name].parked = true end
   redis.call(ahead and 'LPUSH' or 'RPUSH', q.prefix .. 'parked:' .. name, id)
   redis.call('HSET', q.prefix .. 'job:' .. id, 'parked', name)
   redis.call('SADD', q.prefix .. 'parking', name)
@@ -109,28 +141,27 @@ local function unpark(q, name, n)
     moved[#moved + 1] = id
     priorities[#moved] = redis.call('HGET', job_key, 'priority')
   end
-  if #moved > 0 then
-    redis.call('DECRBY', q.prefix .. 'limited', #moved)
-    -- To the front, the oldest last pushed, so that it is taken first.
-    local ids, levels = {}, {}
-    for i = #moved, 1, -1 do
-      ids[#ids + 1] = moved[i]
-      levels[#ids] = priorities[i]
-    end
-    push_waiting(q, ids, levels, true)
-    redis.call('ZADD', q.marker, 0, 'm')
+  if #moved == 0 then return 0 end  -- none parked: the common case on a job's end
+  redis.call('DECRBY', q.prefix .. 'limited', #moved)
+  -- To the front, the oldest last pushed, so that it is taken first.
+  local ids, levels = {}, {}
+  for i = #moved, 1, -1 do
+    ids[#ids + 1] = moved[i]
+    levels[#ids] = priorities[i]
   end
+  push_waiting(q, ids, levels, true)
+  redis.call('ZADD', q.marker, 0, 'm')
   if redis.call('EXISTS', list) == 0 then redis.call('SREM', q.prefix .. 'parking', name) end
   return #moved
 end
 
 -- A job stops running (for now or for good): free its slots, each to a parked job.
+-- (`holds` stays on the job: a slot freed twice is freed once, SREM says so.)
 local function release_slots(q, id, holds)
   if not holds then return end
   for _, name in ipairs(cjson.decode(holds)) do
     if redis.call('SREM', q.prefix .. 'running:' .. name, id) == 1 then unpark(q, name, 1) end
   end
-  redis.call('HDEL', q.prefix .. 'job:' .. id, 'holds')
 end
 
 -- Scopes whose rate has room again: their parked jobs return, as many as there is room.
