@@ -146,6 +146,16 @@ def spawn_worker(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
             proc.wait()
 
 
+def until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll `condition` (a cheap server read) until it holds; TimeoutError past `timeout`.
+    For states no event announces; prefer wait_for_event where one does."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached in {timeout}s")
+        time.sleep(0.01)
+
+
 def job_events(raw: dict[bytes, bytes]) -> list[dict[str, str]]:
     """One stream entry (an event of a script call, naming every job it concerned) as
     one dict per job: event, job, attempt, at."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import signal
-import time
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -23,7 +22,7 @@ from redwork.job import JobRecord
 from redwork.limits import Limit, LimitError, parse_rate
 from redwork.queue import Queue, run
 from tests import tasks
-from tests.conftest import WorkerProcess, job_events, wait_for_event
+from tests.conftest import WorkerProcess, job_events, until, wait_for_event
 
 Q = Queue("default")
 PROBE_SCOPE = "task:limit_probe"
@@ -31,15 +30,6 @@ SpawnWorker = Callable[..., WorkerProcess]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll `condition` (a cheap server read) until it holds; TimeoutError past timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout}s")
-        time.sleep(0.01)
 
 
 def idle_fetchers(r: redis.Redis) -> int:

@@ -15,7 +15,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +31,15 @@ from redwork.queue import NewJob, Queue, run
 from redwork.schedule import SCHEDULES_KEY, Schedule, ScheduleError, Scheduler
 from redwork.scripts import Code
 from tests import tasks
-from tests.conftest import DAY_MS, ROOT, job_events, stop_worker, wait_for_event, worker_env
+from tests.conftest import (
+    DAY_MS,
+    ROOT,
+    job_events,
+    stop_worker,
+    until,
+    wait_for_event,
+    worker_env,
+)
 from tests.test_cli import ok, run_cli, table_row
 
 PQ = Queue("periodic-test")
@@ -41,15 +48,6 @@ HOUR_MS = 3_600_000
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll `condition` (a cheap server read) until it holds; TimeoutError past timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout}s")
-        time.sleep(0.05)
 
 
 def server_ms(r: redis.Redis) -> int:

@@ -25,6 +25,7 @@ from tests.conftest import (
     WorkerProcess,
     count_events,
     stop_worker,
+    until,
     wait_for_event,
 )
 
@@ -37,15 +38,6 @@ woken by the enqueue and by the job's due time, not by its periodic check-in."""
 
 
 # -- helpers ----------------------------------------------------------------------------
-
-
-def until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll `condition` (a cheap server read) until it holds; TimeoutError past timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not reached in {timeout}s")
-        time.sleep(0.01)
 
 
 async def event(r: redis.Redis, name: str, job_id: str | None = None, **kw: Any) -> dict[str, str]:
