@@ -258,6 +258,13 @@ def test_handback_puts_job_at_front_with_attempt_given_back(r: redis.Redis, q: Q
     assert (again.id, again.attempt, again.token) == ("a", 1, 2)
 
 
+def test_jobs_handed_back_together_keep_their_order(r: redis.Redis, q: Queue) -> None:
+    enqueue(r, q, "a", "b", "c", "d")
+    a, b, c = fetch(r, q, 3)
+    assert run(r, q.handback([(a.id, a.token), (b.id, b.token), (c.id, c.token)])) == [Code.OK] * 3
+    assert wait_ids(r, q) == ["a", "b", "c", "d"]
+
+
 # -- recover ------------------------------------------------------------------------
 
 

@@ -78,11 +78,15 @@ end
 -- Priorities: a job of priority 0 (the default) waits in the list `wait`, one of
 -- priority 1..9 in `wait:<p>`; the ZSET `levels` names the priorities that may have
 -- jobs (fetch drops a level it finds empty). Fetch takes from the highest level first:
--- priorities are strict, and each level is first in, first out.
+-- priorities are strict, and each level is first in, first out. `front` puts the jobs
+-- first in line, ids[1] to be taken first (jobs that were ahead: handed back, recovered).
 local function push_waiting(q, ids, priorities, front)
   local command = front and 'RPUSH' or 'LPUSH'
   local plain = {}
-  for i, id in ipairs(ids) do
+  local first, last, step = 1, #ids, 1
+  if front then first, last, step = #ids, 1, -1 end
+  for i = first, last, step do
+    local id = ids[i]
     local p = tonumber(priorities and priorities[i] or 0) or 0
     if p > 0 then
       redis.call(command, q.wait .. ':' .. p, id)

@@ -143,13 +143,7 @@ local function unpark(q, name, n)
   end
   if #moved == 0 then return 0 end  -- none parked: the common case on a job's end
   redis.call('DECRBY', q.prefix .. 'limited', #moved)
-  -- To the front, the oldest last pushed, so that it is taken first.
-  local ids, levels = {}, {}
-  for i = #moved, 1, -1 do
-    ids[#ids + 1] = moved[i]
-    levels[#ids] = priorities[i]
-  end
-  push_waiting(q, ids, levels, true)
+  push_waiting(q, moved, priorities, true)
   redis.call('ZADD', q.marker, 0, 'm')
   if redis.call('EXISTS', list) == 0 then redis.call('SREM', q.prefix .. 'parking', name) end
   return #moved
