@@ -388,10 +388,11 @@ def schedules_add(
     timezone: str,
 ) -> None:
     """Store a schedule for the task named TASK (replacing one of the same NAME)."""
+    args, kwargs = (
+        _json_option("--args", args_json, list),
+        _json_option("--kwargs", kwargs_json, dict),
+    )
     try:
-        args, kwargs = orjson.loads(args_json), orjson.loads(kwargs_json)
-        if not isinstance(args, list) or not isinstance(kwargs, dict):
-            raise ValueError("--args must be a JSON array and --kwargs a JSON object")
         schedule = Schedule(
             name=name,
             task=task,
@@ -407,6 +408,18 @@ def schedules_add(
         raise click.BadParameter(str(exc)) from exc
     add_schedules(_client(ctx).redis(), [schedule])
     click.echo(f"schedule {name}: {schedule.when}, next run {_when(schedule.next_tick(now_ms()))}")
+
+
+def _json_option(name: str, raw: str, kind: type) -> Any:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from exc
+    if not isinstance(value, kind):
+        raise click.BadParameter(
+            f"must be a JSON {'array' if kind is list else 'object'}", param_hint=name
+        )
+    return value
 
 
 @schedules.command("remove")
