@@ -334,9 +334,10 @@ def schedules(ctx: click.Context) -> None:
 
 
 def _when(ms: int | None) -> str:
+    """A server time as UTC."""
     if ms is None:
         return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @schedules.command("list")
@@ -349,7 +350,7 @@ def schedules_list(ctx: click.Context, as_json: bool = False) -> None:
         rows = [s.as_dict() for s in states]
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table("name", "task", "queue", "when", "missed", "last run", "next run")
+    table = Table("name", "task", "queue", "when", "missed", "last tick (UTC)", "next (UTC)")
     for s in states:
         schedule = s.schedule
         table.add_row(
@@ -407,7 +408,9 @@ def schedules_add(
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     add_schedules(_client(ctx).redis(), [schedule])
-    click.echo(f"schedule {name}: {schedule.when}, next run {_when(schedule.next_tick(now_ms()))}")
+    click.echo(
+        f"schedule {name}: {schedule.when}, next run {_when(schedule.next_tick(now_ms()))} UTC"
+    )
 
 
 def _json_option(name: str, raw: str, kind: type) -> Any:

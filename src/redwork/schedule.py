@@ -183,7 +183,8 @@ class ScheduleState:
 
     schedule: Schedule
     last_tick: int | None
-    """The last tick claimed (run or skipped), server ms; None before the first."""
+    """The last tick claimed (run, or skipped as missed), server ms; None before the
+    first."""
     next_tick: int
     """When it next runs, server ms."""
 
@@ -272,10 +273,14 @@ def list_schedules(client: redis.Redis) -> list[ScheduleState]:
     now = _server_ms(client.time())
     schedules = _in_queue_order(_parse_all(client.hgetall(SCHEDULES_KEY)))
     lasts = [v for reply in run_many(client, _last_ticks(schedules)) for v in reply]
-    return [
-        ScheduleState(s, last, s.next_tick(max(now, last or 0)))
-        for s, last in sorted(zip(schedules, lasts, strict=True), key=lambda p: p[0].name)
-    ]
+    states = [_state(s, last, now) for s, last in zip(schedules, lasts, strict=True)]
+    return sorted(states, key=lambda state: state.schedule.name)
+
+
+def _state(schedule: Schedule, last: int | None, now_ms: int) -> ScheduleState:
+    # Before its first tick, a schedule's entry holds when it was stored: not a tick.
+    tick = last if last is not None and schedule.latest_tick(last) == last else None
+    return ScheduleState(schedule, tick, schedule.next_tick(now_ms))
 
 
 # -- the scheduler -------------------------------------------------------------------
