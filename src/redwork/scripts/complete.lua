@@ -18,7 +18,8 @@ Returns one code per job: OK, LEASE_LOST (fenced: another delivery owns the job,
 nothing is written), ALREADY_DONE (this delivery was already recorded) or CONFLICT (an
 etag did not match, or a key holds something else than a state entry: nothing is
 written and the run counts as failed with reason `conflict`, retried after retry_in ms,
-or filed in the failed store when -1 or when the key is of another type).
+or filed in the failed store when -1 or when the key is of another type; a job asked to
+abort ends cancelled instead).
 ]]
 -- @include common
 local q = { prefix = ARGV[1], wait = KEYS[4], marker = KEYS[5], delayed = KEYS[6],
@@ -26,11 +27,11 @@ local q = { prefix = ARGV[1], wait = KEYS[4], marker = KEYS[5], delayed = KEYS[6
 local queue, ttl = ARGV[2], ARGV[3]
 local now = now_ms()
 local codes, done, ended = {}, {}, {}
-local fenced, conflicts, retried, dead = 0, 0, 0, 0
+local fenced, conflicts, retried, dead, cancelled = 0, 0, 0, 0, 0
 for i = 4, #ARGV, 4 do
   local id = ARGV[i]
   local key = q.prefix .. 'job:' .. id
-  local code, attempt, wid, holds = check_lease(key, ARGV[i + 1])
+  local code, attempt, wid, holds, abort = check_lease(key, ARGV[i + 1])
   if code == OK then release_slots(q, id, holds) end
   local effects = code == OK and ARGV[i + 3] ~= '' and cjson.decode(ARGV[i + 3])
   if effects then
@@ -45,7 +46,10 @@ for i = 4, #ARGV, 4 do
         message = 'state ' .. write[2] .. ' holds a ' .. kind .. ', not a state entry'
         retry_in = -1  -- running again cannot help
       end
-      if end_failed_run(q, id, attempt, 'conflict', message, retry_in, now) then
+      if abort then  -- asked to abort: a failed run ends it (see fail.lua)
+        to_cancelled(q, id, attempt, wid, ttl, now)
+        cancelled = cancelled + 1
+      elseif end_failed_run(q, id, attempt, 'conflict', message, retry_in, now) then
         retried = retried + 1
       else
         dead = dead + 1
@@ -86,5 +90,6 @@ end
 if dead > 0 then redis.call('HINCRBY', KEYS[3], 'failed', dead) end
 if fenced > 0 then redis.call('HINCRBY', KEYS[3], 'fenced', fenced) end
 if retried + dead > 0 then redis.call('HINCRBY', KEYS[3], 'conflicts', retried + dead) end
+if cancelled > 0 then redis.call('HINCRBY', KEYS[3], 'cancelled', cancelled) end
 flush_events(KEYS[2], queue, now)
 return codes

@@ -67,7 +67,10 @@ for i = 7, #ARGV, 9 do
     local fields = { 'data', ARGV[i + 1], 'state', 'waiting', 'enqueued_at', now }
     add_field(fields, 'key', key)
     add_field(fields, 'priority', priority)
-    add_field(fields, 'retry_priority', retry_priority)
+    -- 0 is a priority of its own here (absent means: the job's own).
+    if retry_priority ~= '' then
+      fields[#fields + 1], fields[#fields + 2] = 'retry_priority', retry_priority
+    end
     if unique ~= '' then
       add_field(fields, 'unique', unique)
       redis.call('SET', q.prefix .. 'unique:' .. unique, id)

@@ -131,6 +131,7 @@ while i <= #ids do
   elseif #job[1] > max_bytes then
     bury(id, 'payload_too_large',
       'job document exceeds the worker limit of ' .. max_bytes .. ' bytes', job[3])
+    pass_turn(q, job[7])
   else
     -- A job that has lost its worker before may be what killed it (a poison pill):
     -- it travels alone, so that it cannot take the jobs fetched with it down again.
@@ -142,7 +143,7 @@ while i <= #ids do
       blocked, due, holds = try_start(q, id, tonumber(job[2] or 0) + 1, scopes, job[7], now)
     end
     if blocked then
-      park(q, id, blocked, job[7], due)
+      park(q, id, blocked, blocked == job[7], due)
       if blocked ~= job[7] then pass_turn(q, job[7]) end
       note('limited', id, job[3])
     else

@@ -22,6 +22,7 @@ local moved = 0
 for _, name in ipairs(redis.call('SMEMBERS', q.prefix .. 'parking')) do
   if name == scope or (scope == 'group' and string.sub(name, 1, 6) == 'group:') then
     moved = moved + unpark(q, name, math.huge)
+    redis.call('ZREM', q.prefix .. 'throttled', name)
   end
 end
 return moved

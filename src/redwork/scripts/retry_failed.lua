@@ -31,6 +31,7 @@ for _, id in ipairs(ids) do
   if free and string.sub(id, 1, 1) ~= '@' and redis.call('ZREM', KEYS[2], id) == 1 then
     if unique then redis.call('SET', q.prefix .. 'unique:' .. unique, id) end
     redis.call('HSET', job_key, 'state', 'waiting', 'attempt', 0, 'losses', 0)
+    redis.call('HDEL', job_key, 'abort', 'ahead')
     local job = redis.call('HMGET', job_key, 'key', 'enqueued_at', 'wf', 'priority')
     if job[3] then reopen_node(q, job[3], id) end
     if job[1] then

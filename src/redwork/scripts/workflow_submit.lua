@@ -38,7 +38,9 @@ for i = 6, #ARGV, FIELDS do
   add_field(fields, 'pass', ARGV[i + 5])
   add_field(fields, 'collect', ARGV[i + 6])
   add_field(fields, 'priority', ARGV[i + 7])
-  add_field(fields, 'retry_priority', ARGV[i + 8])
+  if ARGV[i + 8] ~= '' then  -- 0 is a priority of its own here
+    fields[#fields + 1], fields[#fields + 2] = 'retry_priority', ARGV[i + 8]
+  end
   if needs == '' then
     add_field(fields, 'state', 'waiting')
     if ARGV[i + 5] ~= '' then add_field(fields, 'inputs', '[]') end

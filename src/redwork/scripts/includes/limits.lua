@@ -83,7 +83,8 @@ local function try_start(q, id, token, scopes, ahead, now)
   for _, scope in ipairs(scopes) do
     local name, spec = scope[1], scope[2]
     local c = counts_of(q, name, spec, now)
-    if (c.parked and not ahead) or (spec[1] > 0 and c.running >= spec[1]) then
+    -- A job the scope has just given room to goes ahead of the jobs parked after it.
+    if (c.parked and ahead ~= name) or (spec[1] > 0 and c.running >= spec[1]) then
       return name
     end
     if spec[2] > 0 and c.started >= spec[2] then
@@ -119,10 +120,13 @@ local function record_starts(q)
   end
 end
 
-local function park(q, id, name, ahead, due)
+-- Park a job under a scope: last in line, or first (`front`) when the scope had just
+-- given it room.
+local function park(q, id, name, front, due)
   if scope_counts[name] then scope_counts[name].parked = true end
-  redis.call(ahead and 'LPUSH' or 'RPUSH', q.prefix .. 'parked:' .. name, id)
+  redis.call(front and 'LPUSH' or 'RPUSH', q.prefix .. 'parked:' .. name, id)
   redis.call('HSET', q.prefix .. 'job:' .. id, 'parked', name)
+  redis.call('HDEL', q.prefix .. 'job:' .. id, 'ahead')
   redis.call('SADD', q.prefix .. 'parking', name)
   redis.call('INCR', q.prefix .. 'limited')
   if due then redis.call('ZADD', q.prefix .. 'throttled', due, name) end
