@@ -17,8 +17,9 @@ from click.testing import CliRunner
 
 from redwork import JobState, Redwork
 from redwork.cli import cli
-from redwork.queue import Queue
+from redwork.queue import Queue, run
 from redwork.registry import WORKERS_CHANNEL
+from redwork.scripts import Code
 from redwork.server import EmbeddedServer
 from tests import tasks
 from tests.conftest import ROOT, WorkerProcess, valkey_servers_under, wait_for_event
@@ -101,6 +102,22 @@ def test_info_lists_queues_with_counts_and_live_workers(
     worker_row = table_row(out, started["id"])
     assert worker_row[1] == "idle"
     assert idle.proc.poll() is None
+
+
+def test_info_lists_running_jobs_with_their_progress(
+    app: Redwork, redis_url: str, r: redis.Redis
+) -> None:
+    handle = tasks.add.options(queue="cliq").enqueue(1, 2)
+    queue = Queue("cliq")
+    (delivery,) = run(r, queue.fetch(1, 60_000, "cli-test-worker", 1 << 20)).deliveries
+    progress = orjson.dumps({"fraction": 0.4, "message": "step 2 of 5"})
+    assert run(r, queue.progress(handle.id, delivery.token, progress)) is Code.OK
+
+    out = ok(run_cli("info", redis_url=redis_url))
+    _, queue_name, task, worker, running_for, shown = table_row(out, handle.id)
+    assert (queue_name, task, worker) == ("cliq", tasks.add.name, "cli-test-worker")
+    assert running_for.endswith("s")
+    assert shown == "40% step 2 of 5"
 
 
 def test_job_show_prints_the_job_as_json(app: Redwork, redis_url: str) -> None:

@@ -21,7 +21,7 @@ from redwork.client import Client
 from redwork.errors import JobNotFound, NotCancellable, RedworkError, WorkflowNotFound
 from redwork.job import JobRecord, now_ms
 from redwork.limits import Limit, read_limits, set_limit
-from redwork.queue import QUEUES_KEY, Queue
+from redwork.queue import QUEUES_KEY, Queue, run_many, text
 from redwork.registry import live_workers
 from redwork.schedule import Schedule, add_schedules, list_schedules, remove_schedule
 from redwork.settings import Settings, to_env
@@ -545,7 +545,7 @@ def _queue_names(client: Client) -> list[str]:
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Queues (waiting, held behind a key, held back by a limit, running, delayed, failed,
-    throughput), and live workers.
+    throughput), the longest-running jobs with their progress, and live workers.
 
     \b
     Example:
@@ -599,6 +599,7 @@ def info(ctx: click.Context) -> None:
         )
     console.print(now_table)
     console.print(totals)
+    console.print(_running_jobs(client, int(seconds) * 1000))
     workers = Table(title="workers")
     for column in ("worker", "queues", "concurrency", "running", "done", "failed", "last seen"):
         workers.add_column(column)
@@ -614,6 +615,45 @@ def info(ctx: click.Context) -> None:
             f"{(now - seen) / 1000:.1f}s ago",
         )
     console.print(workers)
+
+
+# Running jobs `redwork info` lists, the longest-running first.
+RUNNING_SHOWN = 20
+
+
+def _running_jobs(client: Client, now_ms: int) -> Table:
+    records = []
+    for name in _queue_names(client):
+        queue = Queue(name)
+        ids = cast(list[bytes], client.redis().zrange(queue.active, 0, RUNNING_SHOWN - 1))
+        ops = [queue.job(text(i)) for i in ids]
+        records += [record for record in run_many(client.redis(), ops) if record is not None]
+    records.sort(key=lambda r: r.started_at or now_ms)
+    table = Table(title=f"running jobs (the {RUNNING_SHOWN} longest-running at most)")
+    for column in ("job", "queue", "task", "worker", "running for", "progress"):
+        table.add_column(column)
+    for record in records[:RUNNING_SHOWN]:
+        envelope = record.envelope
+        started = record.started_at or now_ms
+        table.add_row(
+            record.id,
+            record.queue,
+            envelope.task if envelope else "?",
+            record.worker or "",
+            f"{max(0, now_ms - started) / 1000:.1f}s",
+            _progress_text(record.progress),
+        )
+    return table
+
+
+def _progress_text(progress: bytes | None) -> str:
+    """`ctx.progress(0.4, "step 2 of 5")` as "40% step 2 of 5"; other values as JSON."""
+    if progress is None:
+        return ""
+    value = orjson.loads(progress)
+    if isinstance(value, dict) and isinstance(value.get("fraction"), int | float):
+        return f"{value['fraction']:.0%} {value.get('message') or ''}".strip()
+    return progress.decode(errors="replace")
 
 
 @cli.group()
