@@ -127,12 +127,12 @@ class Schedule:
         on_time = now_ms - latest <= self.grace * 1000
         return latest, on_time or self.missed == "once"
 
-    def envelope(self, tick_ms: int, app: Redwork | None) -> Envelope:
+    def envelope(self, tick_ms: int, app: Redwork) -> Envelope:
         """The job of one tick: the task's own options when the app knows the task
         (retries, timeout), its name alone otherwise."""
         job_id = f"{self.name}:{tick_ms}"
         meta = {"schedule": self.name, "tick": tick_ms}
-        task = app.tasks.get(self.task) if app is not None else None
+        task = app.tasks.get(self.task)
         if task is not None:
             return task.options(
                 queue=self.queue, job_id=job_id, priority=self.priority, meta=meta
@@ -248,31 +248,26 @@ def _parse_all(raw: Mapping[Any, Any]) -> list[Schedule]:
     return schedules
 
 
-def _last_ticks(schedules: list[Schedule]) -> list[Op[list[int | None]]]:
+def _last_ticks(raw: Mapping[Any, Any]) -> tuple[list[Schedule], list[Op[list[int | None]]]]:
+    """The stored definitions, grouped by queue, and one HMGET per queue of their last
+    ticks: the replies, flattened, follow the schedules' order."""
     by_queue: dict[str, list[Schedule]] = defaultdict(list)
-    for s in schedules:
+    for s in _parse_all(raw):
         by_queue[s.queue].append(s)
-    return [
+    ops = [
         Op(
             lambda r: [None if v is None else int(v) for v in r],
             command=("HMGET", Queue(queue).schedules, *(s.name for s in queued)),
         )
         for queue, queued in by_queue.items()
     ]
-
-
-def _in_queue_order(schedules: list[Schedule]) -> list[Schedule]:
-    """The order of the replies of _last_ticks."""
-    by_queue: dict[str, list[Schedule]] = defaultdict(list)
-    for s in schedules:
-        by_queue[s.queue].append(s)
-    return [s for queued in by_queue.values() for s in queued]
+    return [s for queued in by_queue.values() for s in queued], ops
 
 
 def list_schedules(client: redis.Redis) -> list[ScheduleState]:
     now = _server_ms(client.time())
-    schedules = _in_queue_order(_parse_all(client.hgetall(SCHEDULES_KEY)))
-    lasts = [v for reply in run_many(client, _last_ticks(schedules)) for v in reply]
+    schedules, ops = _last_ticks(client.hgetall(SCHEDULES_KEY))
+    lasts = [v for reply in run_many(client, ops) for v in reply]
     states = [_state(s, last, now) for s, last in zip(schedules, lasts, strict=True)]
     return sorted(states, key=lambda state: state.schedule.name)
 
@@ -289,15 +284,16 @@ def _state(schedule: Schedule, last: int | None, now_ms: int) -> ScheduleState:
 class Scheduler:
     """Enqueues the ticks of every schedule as they fall due. Run as many as you like."""
 
-    def __init__(self, app: Redwork | None, settings_ttl: int, idempotency_ms: int) -> None:
+    def __init__(self, app: Redwork, ttl: int, idempotency_ms: int) -> None:
+        """`ttl`: seconds a job replaced under its uniqueness key is kept (enqueue's)."""
         self.app = app
-        self.ttl = settings_ttl
+        self.ttl = ttl
         self.idempotency_ms = idempotency_ms
         self.enqueued = 0
 
     async def run(self, client: redis.asyncio.Redis, stopped: asyncio.Event) -> None:
         backoff = Backoff()
-        declared = list(self.app.schedules.values()) if self.app is not None else []
+        declared = list(self.app.schedules.values())
         registered = not declared
         while not stopped.is_set():
             try:
@@ -314,9 +310,8 @@ class Scheduler:
     async def run_due(self, client: redis.asyncio.Redis) -> float:
         """Claim (and enqueue) every tick that is due; returns seconds until the next."""
         now = _server_ms(await client.time())
-        raw = await client.hgetall(SCHEDULES_KEY)
-        schedules = _in_queue_order(_parse_all(raw))
-        lasts = [v for reply in await arun_many(client, _last_ticks(schedules)) for v in reply]
+        schedules, reads = _last_ticks(await client.hgetall(SCHEDULES_KEY))
+        lasts = [v for reply in await arun_many(client, reads) for v in reply]
         ops: list[Op[Any]] = []
         wake = now + int(RELOAD_SECONDS * 1000)
         for schedule, last in zip(schedules, lasts, strict=True):
@@ -337,8 +332,7 @@ class Scheduler:
         jobs = []
         if runs:
             envelope = schedule.envelope(tick, self.app)
-            max_payload = self.app.settings.max_payload if self.app is not None else 1 << 20
-            jobs.append(NewJob.of(envelope, max_payload))
+            jobs.append(NewJob.of(envelope, self.app.settings.max_payload))
         else:
             log.warning("schedule %s: tick %d missed (policy skip)", schedule.name, tick)
         return queue.enqueue(jobs, self.idempotency_ms, self.ttl, tick=(schedule.name, tick))
