@@ -3,6 +3,9 @@ writes that commit with a job's completion, fenced writes from running jobs."""
 
 from __future__ import annotations
 
+import logging
+import threading
+
 import pytest
 import redis
 
@@ -12,6 +15,7 @@ from redwork.errors import InvalidName, LeaseLost, RedworkError
 from redwork.job import Envelope
 from redwork.queue import Completion, NewJob, Queue, StateWrite, run
 from redwork.scripts import Code
+from redwork.server import ServerProcess
 from tests.conftest import DAY_MS
 
 
@@ -112,6 +116,38 @@ def test_bad_keys_and_values_are_refused_with_a_reason(goapp: Redwork) -> None:
         store.staged()  # not in a job
     with pytest.raises(RedworkError, match="running in a job"):
         goapp.report_progress(1)
+
+
+class _Retrying(logging.Handler):
+    """Set once redwork logs that it retries a call because the server is away."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "server unavailable" in record.getMessage():
+            self.seen.set()
+
+
+def test_reads_ride_out_a_server_restart(goapp: Redwork, server: ServerProcess) -> None:
+    """A task reading state while the server restarts waits for it (reconnect_for)
+    instead of failing its run; found by the chaos run (bench/chaos.py)."""
+    store = goapp.state("s")
+    store.save("k", 1)  # connected: the read below finds its connection broken
+    retrying = _Retrying()
+    logging.getLogger("redwork.connection").addHandler(retrying)
+    try:
+        server.sigkill()
+        result: list[object] = []
+        reader = threading.Thread(target=lambda: result.append(store.get_many(["k"])["k"]))
+        reader.start()
+        assert retrying.seen.wait(15), "the read did not wait for the server"
+        server.start()
+        reader.join(30)
+    finally:
+        logging.getLogger("redwork.connection").removeHandler(retrying)
+    assert len(result) == 1 and getattr(result[0], "value", None) == 1
 
 
 def test_key_prefix_separates_stores(goapp: Redwork, r: redis.Redis) -> None:

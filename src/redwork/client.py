@@ -99,6 +99,11 @@ class Client:
     def run(self, op: Op[Any]) -> Any:
         return run(self.redis(), op)
 
+    def read(self, ops: Sequence[Op[Any]], what: str) -> list[Any]:
+        """Run read-only ops (pipelined), retrying while the server is away for up to
+        reconnect_for: unlike a write, a read whose reply was lost is safe to repeat."""
+        return self._retrying(partial(run_many, self.redis(), ops), what)
+
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         """Store jobs; returns their ids. A job whose id exists already is not added
         again (the id is returned all the same); nor is one whose idempotency key was
@@ -209,6 +214,10 @@ class Client:
 
     async def arun(self, op: Op[Any]) -> Any:
         return await arun(await self.aredis(), op)
+
+    async def aread(self, ops: Sequence[Op[Any]], what: str) -> list[Any]:
+        client = await self.aredis()
+        return await self._aretrying(partial(arun_many, client, ops), what)
 
     async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         plan = self._plan_enqueue(envelopes)

@@ -22,7 +22,7 @@ import orjson
 from redwork.context import running_job
 from redwork.errors import LeaseLost, RedworkError, SerializationError, StateConflict
 from redwork.job import check_key
-from redwork.queue import Op, Queue, StateWrite, arun_many, run_many, text
+from redwork.queue import Op, Queue, StateWrite, text
 from redwork.scripts import Code, load
 
 if TYPE_CHECKING:
@@ -109,13 +109,14 @@ class StateStore:
     # -- sync -------------------------------------------------------------------------
 
     def get(self, key: str) -> StateItem | None:
-        item: StateItem | None = self.client.run(self._read(key))
-        return item
+        return self.get_many([key])[key]
 
     def get_many(self, keys: Iterable[str]) -> dict[str, StateItem | None]:
-        """Read many entries over one connection, pipelined."""
+        """Read many entries over one connection, pipelined. Reads ride out a server
+        that is away for up to reconnect_for; writes raise (a write whose reply was lost
+        may have been applied, which only its caller can judge)."""
         wanted = list(keys)
-        items = run_many(self.client.redis(), [self._read(k) for k in wanted])
+        items = self.client.read([self._read(k) for k in wanted], "read state")
         return dict(zip(wanted, items, strict=True))
 
     def save(self, key: str, value: Any, etag: int | None = None) -> int:
@@ -140,12 +141,11 @@ class StateStore:
     # -- async ------------------------------------------------------------------------
 
     async def aget(self, key: str) -> StateItem | None:
-        item: StateItem | None = await self.client.arun(self._read(key))
-        return item
+        return (await self.aget_many([key]))[key]
 
     async def aget_many(self, keys: Iterable[str]) -> dict[str, StateItem | None]:
         wanted = list(keys)
-        items = await arun_many(await self.client.aredis(), [self._read(k) for k in wanted])
+        items = await self.client.aread([self._read(k) for k in wanted], "read state")
         return dict(zip(wanted, items, strict=True))
 
     async def asave(self, key: str, value: Any, etag: int | None = None) -> int:
