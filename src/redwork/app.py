@@ -17,6 +17,7 @@ from redwork.client import Client
 from redwork.context import running_job
 from redwork.errors import LeaseLost, RedworkError, SerializationError, UnknownTask
 from redwork.job import (
+    MAX_DELAY,
     Envelope,
     JobRecord,
     JobState,
@@ -174,9 +175,11 @@ class Task(Generic[P, R]):
         (see docs/scheduling.md)."""
         retry = self.defaults.retry
         if "retries" in changes:
-            retry = replace(retry, max_attempts=int(changes.pop("retries")) + 1)
+            retry = replace(retry, max_attempts=count("retries", changes.pop("retries")) + 1)
         if "backoff" in changes:
-            retry = replace(retry, backoff=float(changes.pop("backoff")))
+            retry = replace(retry, backoff=number("backoff", changes.pop("backoff")))
+        if changes.get("timeout") is not None:
+            changes["timeout"] = number("timeout", changes["timeout"], low=0.001)
         task = Task(self.app, self.fn, self.name, replace(self.defaults, retry=retry, **changes))
         return task
 
@@ -231,13 +234,33 @@ def _delay_ms(countdown: float | None, eta: datetime | float | None) -> int | No
     if countdown is not None and eta is not None:
         raise ValueError("give countdown or eta, not both")
     if eta is not None:
-        at = eta.timestamp() if isinstance(eta, datetime) else float(eta)
-        countdown = at - time.time()
+        at = eta.timestamp() if isinstance(eta, datetime) else number("eta", eta)
+        if at - time.time() > MAX_DELAY:
+            raise ValueError(f"eta {eta!r} is more than {MAX_DELAY // 86_400} days ahead")
+        return max(0, math.ceil((at - time.time()) * 1000))
     if countdown is None:
         return None
-    if not math.isfinite(countdown):
-        raise ValueError(f"countdown {countdown!r} is not a finite number of seconds")
-    return max(0, math.ceil(countdown * 1000))
+    seconds = number("countdown", countdown, low=-math.inf, high=MAX_DELAY)
+    return max(0, math.ceil(seconds * 1000))
+
+
+def number(option: str, value: Any, low: float = 0.0, high: float = math.inf) -> float:
+    """value as a float if it is a finite number within [low, high]; else a TypeError or
+    ValueError that names the option."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{option} must be a number, not {type(value).__name__} {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{option} {value!r} is not a finite number from {low:g} to {high:g}")
+    return float(value)
+
+
+def count(option: str, value: Any) -> int:
+    """value if it is a whole number >= 0; else a TypeError or ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{option} must be a whole number, not {type(value).__name__} {value!r}")
+    if value < 0:
+        raise ValueError(f"{option} {value!r} is negative")
+    return value
 
 
 class TaskDecorator(Protocol):
@@ -311,8 +334,12 @@ class Redwork:
         rate_limit: at most so many start per period, "50/s" (see docs/scheduling.md)."""
         options = TaskOptions(
             queue=check_name("queue name", queue),
-            retry=RetryPolicy(max_attempts=retries + 1, backoff=backoff, backoff_max=backoff_max),
-            timeout=timeout,
+            retry=RetryPolicy(
+                max_attempts=count("retries", retries) + 1,
+                backoff=number("backoff", backoff),
+                backoff_max=number("backoff_max", backoff_max),
+            ),
+            timeout=None if timeout is None else number("timeout", timeout, low=0.001),
             priority=check_priority("priority", priority),
             retry_priority=(
                 None if retry_priority is None else check_priority("retry priority", retry_priority)

@@ -3,6 +3,7 @@ record a job leaves in Redis. See docs/protocol.md for every field."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -61,6 +62,42 @@ class FailureReason(StrEnum):
     @property
     def is_retryable(self) -> bool:
         return self in (FailureReason.EXCEPTION, FailureReason.TIMEOUT, FailureReason.CONFLICT)
+
+
+MAX_DELAY = 10 * 365 * 86_400
+"""Longest a job may wait to start, in seconds: a countdown, an eta ahead of now, a retry's
+backoff."""
+
+
+def to_json(value: Any, what: str) -> bytes:
+    """JSON of value, or SerializationError naming `what`. NaN and infinities are refused:
+    JSON has neither, and orjson would write null, changing the value silently."""
+    try:
+        data = orjson.dumps(value)
+    except TypeError as exc:
+        raise SerializationError(f"{what} is not JSON: {exc}") from exc
+    # Only a document with a null can hide a non-finite float: most are checked for free.
+    if b"null" in data and (path := _non_finite(value, "")) is not None:
+        raise SerializationError(f"{what} holds {path or 'a value'} that is not a finite number")
+    return data
+
+
+def _non_finite(value: Any, path: str) -> str | None:
+    """Where in value a NaN or infinite float is (a path like [0]['x']), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} = {value!r}".lstrip()
+    items: Any
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{path}[{key!r}]")
+        if found is not None:
+            return found
+    return None
 
 
 def check_name(kind: str, name: str) -> str:
@@ -133,8 +170,12 @@ class RetryPolicy:
 
     def delay(self, attempt: int, random: float) -> float:
         """Seconds to wait before the retry that follows `attempt`; `random` in [0, 1)."""
-        ceiling: float = min(self.backoff_max, self.backoff * 2.0 ** max(0, attempt - 1))
-        return ceiling * (1.0 - self.jitter * random)
+        # 2.0 ** 1024 overflows; past 2 ** 1000 any backoff is beyond any ceiling anyway.
+        growth = 2.0 ** min(1000, max(0, attempt - 1))
+        # MAX_DELAY first: min() keeps it against a NaN from a foreign document.
+        ceiling: float = min(MAX_DELAY, self.backoff_max, self.backoff * growth)
+        delay = ceiling * (1.0 - self.jitter * random)
+        return delay if 0.0 <= delay <= ceiling else max(0.0, ceiling)
 
 
 @dataclass(slots=True)
@@ -208,10 +249,7 @@ class Envelope:
             document["unique_policy"] = self.unique_policy
         if self.meta:
             document["meta"] = self.meta
-        try:
-            data = orjson.dumps(document)
-        except TypeError as exc:
-            raise SerializationError(f"job {self.task}: arguments are not JSON: {exc}") from exc
+        data = to_json(document, f"job {self.task}: its arguments")
         if len(data) > max_bytes:
             raise PayloadTooLarge(
                 f"job {self.task} encodes to {len(data)} bytes, over the limit of {max_bytes}"

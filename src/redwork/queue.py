@@ -167,7 +167,7 @@ class NewJob:
         """The job to store for a job document (PayloadTooLarge beyond max_bytes)."""
         e = envelope
         return cls(
-            e.id,
+            check_name("job id", e.id),
             e.encode(max_bytes),
             e.key,
             e.idempotency_key,

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from redwork.context import running_job
-from redwork.errors import LeaseLost, RedworkError, SerializationError, StateConflict
-from redwork.job import check_key
+from redwork.errors import LeaseLost, RedworkError, StateConflict
+from redwork.job import check_key, to_json
 from redwork.queue import Op, Queue, StateWrite, text
 from redwork.scripts import Code, load
 
@@ -46,10 +46,7 @@ def _item(key: str, reply: list[bytes | None]) -> StateItem | None:
 
 
 def _encode(key: str, value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except TypeError as exc:
-        raise SerializationError(f"state {key!r}: the value is not JSON: {exc}") from exc
+    return to_json(value, f"state {key!r}: the value")
 
 
 class StateStore:

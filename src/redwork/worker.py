@@ -21,15 +21,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import orjson
 import redis.asyncio
 
 from redwork import connection
 from redwork.app import Redwork, Task
 from redwork.connection import TRANSIENT, Backoff
 from redwork.context import JobContext, enter_job, leave_job
-from redwork.errors import UnknownTask
-from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms
+from redwork.errors import SerializationError, UnknownTask
+from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms, to_json
 from redwork.limits import set_limit
 from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun, text
 from redwork.registry import Registration
@@ -387,12 +386,9 @@ class Worker:
         except BaseException:  # a task's SystemExit or KeyboardInterrupt must not end the worker
             return _Failed(FailureReason.EXCEPTION, _describe_exception())
         try:
-            return _Completed(orjson.dumps(value))
-        except TypeError as exc:
-            return _Failed(
-                FailureReason.RESULT_ENCODE_ERROR,
-                f"the result of {call.task} is not JSON: {exc}",
-            )
+            return _Completed(to_json(value, f"the result of {call.task}"))
+        except SerializationError as exc:
+            return _Failed(FailureReason.RESULT_ENCODE_ERROR, str(exc))
 
     async def _call_task(
         self, task: Task[Any, Any], call: Call, context: JobContext, running: _Running

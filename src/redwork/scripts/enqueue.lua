@@ -18,15 +18,26 @@ ARGV[6] tick      the tick's time (ms): the call claims it, and applies only if 
 ARGV[7..]         nine fields per job: id, job document (JSON), key, idempotency key,
                   priority (0-9), priority of retries, delay in ms, uniqueness key,
                   uniqueness policy ('reject' or 'replace'); '' for each one not given
-Returns {} when the tick was claimed already (nothing is added), else one reply per job: OK; DUPLICATE when the id already exists (a retried enqueue
-whose first reply was lost is applied once); or the id of the job that kept this one out
+Returns {} when the tick was claimed already (nothing is added), else one reply per job:
+OK; DUPLICATE when the id already exists (a retried enqueue whose first reply was lost
+is applied once); or the id of the job that kept this one out
 (nothing is added): the job enqueued with the same idempotency key within idem_ms, or
 the job queued or running under the same uniqueness key (with policy 'replace', a job
-that has not started is cancelled instead, and this one takes its place).
+that has not started is cancelled instead, and this one takes its place). A call with
+an id that is not 1-128 of A-Z a-z 0-9 _ . : - is refused with an error, adding nothing.
 ]]
 -- @include common
 local q = { prefix = ARGV[1], wait = KEYS[1], marker = KEYS[2], delayed = KEYS[5] }
 local queue, idem_ms, ttl = ARGV[2], ARGV[3], ARGV[4]
+-- A foreign producer's bad id would be stored, then never fetched: refuse the whole
+-- call before anything is written.
+for i = 7, #ARGV, 9 do
+  if not is_job_id(ARGV[i]) then
+    local shown = string.format('%q', string.sub(ARGV[i], 1, 140))
+    return redis.error_reply('ERR invalid job id ' .. shown ..
+      ': use 1 to 128 characters from A-Z a-z 0-9 _ . : -')
+  end
+end
 if ARGV[5] ~= '' then
   local last = redis.call('HGET', KEYS[6], ARGV[5])
   if last and tonumber(last) >= tonumber(ARGV[6]) then return {} end
@@ -78,7 +89,7 @@ for i = 7, #ARGV, 9 do
     if delay ~= '' then
       local due = now + tonumber(delay)
       fields[4] = 'delayed'
-      add_field(fields, 'due_at', tostring(due))
+      add_field(fields, 'due_at', string.format('%d', due))  -- tostring would give 1e+14
       redis.call('HSET', job_key, unpack(fields))
       redis.call('ZADD', q.delayed, due, id)
       note('delayed', id, 0)

@@ -20,7 +20,8 @@ The first node of a workflow to start sets the workflow running.
 A job that would exceed a rate or concurrency limit is parked instead (see
 includes/limits.lua); jobs parked under a rate limit whose time has come return first.
 An entry of the wait list that is not a known job id, or a document over max_bytes,
-goes to the failed store here, without being sent to the worker. A job that has lost
+goes to the failed store here, without being sent to the worker; an entry naming a job
+that is not waiting (a stray copy) is dropped. A job that has lost
 its worker before is delivered alone.
 ]]
 -- @include common
@@ -115,9 +116,9 @@ local i = 1
 while i <= #ids do
   local id = ids[i]
   local key = prefix .. 'job:' .. id
-  local valid_id = #id <= 128 and not string.find(id, '[^%w_%.:%-]')
-  local job = valid_id and
-    redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses', 'inputs', 'wf', 'ahead')
+  local job = is_job_id(id) and
+    redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses', 'inputs', 'wf', 'ahead',
+      'state')
     or { false }
   if not job[1] then
     -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
@@ -128,6 +129,10 @@ while i <= #ids do
       'token', 0, 'losses', 0, 'enqueued_at', now)
     bury(raw_id, 'decode_error',
       'the wait list held an entry that is not the id of a job of this queue', 0)
+  elseif job[8] ~= 'waiting' then
+    -- A stray copy of the id of a job that is not waiting (pushed again by a foreign
+    -- producer, say): the job is where its state says, and running it again would be a
+    -- second delivery nobody asked for. The copy is dropped.
   elseif #job[1] > max_bytes then
     bury(id, 'payload_too_large',
       'job document exceeds the worker limit of ' .. max_bytes .. ' bytes', job[3])

@@ -23,7 +23,7 @@ local now = now_ms()
 redis.call('HSET', wf_key, 'status', 'cancelled')
 note('workflow_cancelling', wid, 0)
 local cancelled = 0
-for _, id in ipairs(redis.call('LRANGE', wf_key .. ':nodes', 0, -1)) do
+for _, id in ipairs(redis.call('LRANGE', wf_key .. '/nodes', 0, -1)) do
   if cancel_unstarted(q, id, ARGV[4], now) == OK then cancelled = cancelled + 1 end
 end
 if cancelled > 0 then redis.call('HINCRBY', KEYS[5], 'cancelled', cancelled) end

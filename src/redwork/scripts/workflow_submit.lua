@@ -62,7 +62,7 @@ for i = 6, #ARGV, FIELDS do
 end
 redis.call('HSET', wf_key, 'status', 'pending', 'total', #nodes, 'ended', 0, 'succeeded', 0,
   'failed', 0, 'skipped', 0, 'cancelled', 0, 'created_at', now, 'ttl', ARGV[5], 'name', ARGV[4])
-call_chunked('RPUSH', wf_key .. ':nodes', nodes)
+call_chunked('RPUSH', wf_key .. '/nodes', nodes)
 redis.call('ZADD', KEYS[5], now, wid)
 if #roots > 0 then
   push_waiting(q, roots, priorities, false)

@@ -35,6 +35,11 @@ end
 
 -- Append `name value` to a list of hash fields, unless the value is '' or '0' (absent
 -- fields read as their default: less for the server to store).
+-- A job id as redwork.job.NAME_PATTERN allows: 1-128 of A-Z a-z 0-9 _ . : -
+local function is_job_id(id)
+  return #id > 0 and #id <= 128 and not string.find(id, '[^%w_%.:%-]')
+end
+
 local function add_field(fields, name, value)
   if value ~= '' and value ~= '0' then
     fields[#fields + 1] = name

@@ -4,7 +4,7 @@
 -- `next` (its dependants), `pass` (set when it is given its dependencies' results) and
 -- `collect` (set when a dependency that did not succeed still counts as resolved, its
 -- error passed in its place). The workflow's hash `wf:<id>` counts ended nodes; its
--- list `wf:<id>:nodes` names them in submit order. Every function here runs inside the
+-- list `wf:<id>/nodes` names them in submit order. Every function here runs inside the
 -- transition that ends a node, so a dependant is released exactly once, atomically
 -- with the completion that releases it.
 
@@ -59,13 +59,13 @@ local function finish_workflow(q, wid, now)
   end
   redis.call('HSET', wf_key, 'status', status, 'finished_at', now)
   local ttl = tonumber(wf[5])
-  local nodes = redis.call('LRANGE', wf_key .. ':nodes', 0, -1)
+  local nodes = redis.call('LRANGE', wf_key .. '/nodes', 0, -1)
   for _, id in ipairs(nodes) do
     local job_key = q.prefix .. 'job:' .. id
     if redis.call('HGET', job_key, 'state') ~= 'failed' then redis.call('EXPIRE', job_key, ttl) end
   end
   redis.call('EXPIRE', wf_key, ttl)
-  redis.call('EXPIRE', wf_key .. ':nodes', ttl)
+  redis.call('EXPIRE', wf_key .. '/nodes', ttl)
   note('workflow_' .. status, wid, 0)
   redis.call('PUBLISH', wf_key, status)
 end
@@ -124,8 +124,8 @@ local function reopen_node(q, wid, id)
   if wf[2] then  -- it had ended: keep it (and the results its nodes need) from expiring
     redis.call('HDEL', wf_key, 'finished_at')
     redis.call('PERSIST', wf_key)
-    redis.call('PERSIST', wf_key .. ':nodes')
-    for _, node in ipairs(redis.call('LRANGE', wf_key .. ':nodes', 0, -1)) do
+    redis.call('PERSIST', wf_key .. '/nodes')
+    for _, node in ipairs(redis.call('LRANGE', wf_key .. '/nodes', 0, -1)) do
       redis.call('PERSIST', q.prefix .. 'job:' .. node)
     end
   end
