@@ -182,8 +182,13 @@ async def test_bad_arguments_fail_on_the_first_attempt_despite_retries(
 
 @pytest.mark.parametrize(
     "data",
-    [b"{not json", b"[1, 2]", b'{"v": 99, "id": "x", "task": "add", "queue": "default"}'],
-    ids=["not-json", "not-an-object", "other-version"],
+    [
+        b"{not json",
+        b"[1, 2]",
+        b'{"v": 99, "id": "x", "task": "add", "queue": "default"}',
+        b'{"v": true, "id": "x", "task": "add", "queue": "default"}',
+    ],
+    ids=["not-json", "not-an-object", "other-version", "version-true"],
 )
 async def test_malformed_job_document_fails_with_decode_error(
     app: Redwork, worker: Worker, r: redis.Redis, data: bytes
@@ -416,3 +421,17 @@ async def test_a_full_server_delays_reports_but_does_not_kill_the_worker(
             r.config_set("maxmemory", "0")
         assert await handle.aresult(timeout=15) == w.id
         assert not task.done()
+
+
+@pytest.mark.parametrize("task", [tasks.sleep, tasks.sync_sleep], ids=["async", "sync"])
+async def test_a_job_running_four_leases_keeps_its_lease_and_runs_once(
+    app: Redwork, worker: Worker, r: redis.Redis, task: Any
+) -> None:
+    """Reliability plan C4: heartbeats renew the lease of a long job (lease 1 s here),
+    so nobody takes it back and it runs once."""
+    handle = await task.aenqueue(4.0)
+    assert await handle.aresult(timeout=20) is not None
+    info = await handle.ainfo()
+    assert (info.attempt, info.state) == (1, JobState.COMPLETED)
+    assert count_events(r, "default", "recovered") == 0
+    assert r.hget(Q.job_key(handle.id), "token") == b"1"

@@ -308,7 +308,9 @@ class Call:
             raise ValueError(f"not JSON: {exc}") from exc
         if not isinstance(doc, dict):
             raise ValueError("the job document is not a JSON object")
-        if doc.get("v") != PROTOCOL_VERSION:
+        version = doc.get("v")
+        # `true` and 1.0 equal 1 in Python, but they are not the version number 1.
+        if type(version) is not int or version != PROTOCOL_VERSION:
             raise ValueError(f"unsupported protocol version {doc.get('v')!r}")
         task, args, kwargs = doc.get("task"), doc.get("args", []), doc.get("kwargs", {})
         if not isinstance(task, str) or "id" not in doc or "queue" not in doc:
