@@ -5,13 +5,15 @@ connected through a ChaosProxy, while faults are injected one at a time:
     worker_kill    SIGKILL a worker, start a new one
     worker_stop    SIGSTOP a worker for 3 leases, then SIGCONT (a zombie that wakes)
     server_kill    SIGKILL the server, restart it on its AOF
+    server_stop    SIGSTOP the server for 3 s, then SIGCONT (a hung server)
     proxy_cut      reset every connection
+    proxy_flap     reset every connection every 0.5 s for 5 s
     proxy_stall    forward nothing for 3 s (a partition; requests arrive late)
     producer_kill  SIGKILL the producer in the middle of a call, start a new one
 
-After each fault the runner enqueues a probe job (directly, at the highest priority) and
-times how long until the probe has run and every job that was running at the fault has
-moved on (run again under a new lease, or ended): the time to full recovery.
+Each fault is timed twice: from the fault until every job that was running when it hit
+has moved on (run again under a new lease, or ended), and from the fault's end (its
+heal) until a probe job, enqueued then at the highest priority, has run.
 
 At the end it waits for every acknowledged job to end and checks, from the server's keys
 and the side-effect ledger: jobs lost, jobs stuck, the queue's structural invariants,
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -49,7 +52,16 @@ from redwork.server import ServerProcess
 from tests.chaos.harness import FINAL_STATES, ROOT, ChaosProxy, WorkerProc, check_invariants
 from tests.chaos.tasks import COUNTERS, LEDGER_ENV, NODES, Ledger, app, probe
 
-FAULTS = ("worker_kill", "worker_stop", "server_kill", "proxy_cut", "proxy_stall", "producer_kill")
+FAULTS = (
+    "worker_kill",
+    "worker_stop",
+    "server_kill",
+    "server_stop",
+    "proxy_cut",
+    "proxy_flap",
+    "proxy_stall",
+    "producer_kill",
+)
 QUEUE = Queue("default")
 
 
@@ -97,6 +109,8 @@ class Injected:
     detail: str
     heal: Callable[[], None] | None = None
     lasts: float = 0.0
+    observable: bool = True
+    """Whether the server answers the runner while the fault lasts."""
 
 
 @dataclass
@@ -121,6 +135,8 @@ class Report:
     ran_more_than_once: int = 0
     in_flight_at_faults: int = 0
     stats: dict[str, int] = field(default_factory=dict)
+    connections: tuple[int, int] = (0, 0)
+    """The server's connected clients before the first fault and at the end (leaks?)."""
     faults: list[FaultRecord] = field(default_factory=list)
     duration: float = 0.0
 
@@ -228,8 +244,11 @@ class Run:
         injected: Injected = getattr(self, fault)()
         pending = dict(in_flight)
         moved_at = None
-        if injected.lasts:  # a fault that lasts: the jobs it caught may be taken over meanwhile
+        if injected.lasts and injected.observable:
+            # The jobs a lasting fault caught may be taken over while it lasts.
             moved_at = self.follow(pending, until=at + injected.lasts)
+        elif injected.lasts:
+            time.sleep(injected.lasts)  # the fault's length, not a wait for an event
         if injected.heal is not None:
             injected.heal()
         healed = time.monotonic()
@@ -273,12 +292,33 @@ class Run:
         detail = f"pid {worker.pid} for {lasts:.1f}s"
         return Injected(detail, lambda: worker.signal(signal.SIGCONT), lasts)
 
+    def server_stop(self) -> Injected:
+        self.server.pause()
+        lasts = self.config.stall
+        return Injected(f"for {lasts:.1f}s", self.server.resume, lasts, observable=False)
+
     def server_kill(self) -> Injected:
         self.server.sigkill()
         return Injected(f"fsync {self.config.fsync}", heal=self.server.start)
 
     def proxy_cut(self) -> Injected:
         return Injected(f"{self.proxy.cut()} connections reset")
+
+    def proxy_flap(self) -> Injected:
+        stop = threading.Event()
+
+        def flap() -> None:
+            while not stop.wait(0.5):
+                self.proxy.cut()
+
+        flapping = threading.Thread(target=flap, name="proxy-flap", daemon=True)
+        flapping.start()
+
+        def heal() -> None:
+            stop.set()
+            flapping.join()
+
+        return Injected("resets every 0.5s for 5s", heal, 5.0)
 
     def proxy_stall(self) -> Injected:
         self.proxy.stall()
@@ -468,6 +508,9 @@ class Run:
             if status != b"succeeded":
                 report.workflows_not_succeeded.append(f"{wf} ({status!r})")
 
+    def connected_clients(self) -> int:
+        return int(self.retrying(lambda: self.direct.info("clients"))["connected_clients"])
+
     def close(self) -> None:
         if self.producer.poll() is None:
             self.producer.kill()
@@ -487,8 +530,10 @@ def run(config: Config, log: Callable[[str], None] = lambda line: None) -> Repor
         chaos = Run(config, workdir)
         try:
             faults = []
+            connected = 0
             for fault in chaos.plan():
                 time.sleep(config.gap * chaos.rng.uniform(0.5, 1.5))  # normal running
+                connected = connected or chaos.connected_clients()
                 record = chaos.inject(fault)
                 faults.append(record)
                 log(
@@ -497,7 +542,9 @@ def run(config: Config, log: Callable[[str], None] = lambda line: None) -> Repor
                     f"probe {seconds(record.service)}"
                 )
             chaos.stop_producer()
-            return chaos.report(faults)
+            report = chaos.report(faults)
+            report.connections = (connected, chaos.connected_clients())
+            return report
         finally:
             chaos.close()
 
@@ -541,6 +588,7 @@ def summary(report: Report) -> str:
             f"{report.ran_more_than_once} (in flight at faults: {report.in_flight_at_faults})",
         ),
         ("server counters", report.stats),
+        ("connections before faults / at the end", "{} / {}".format(*report.connections)),
     ]
     lines = [
         f"chaos run: seed {c.seed}, fsync {c.fsync}, {c.workers} workers, "
