@@ -275,11 +275,20 @@ class Workers:
     """`python -m redwork worker bench.tasks:app --processes 1 -c C`, `count` times, as
     child processes; stopped with SIGTERM (then SIGKILL past the grace) on exit."""
 
-    def __init__(self, bench: Bench, count: int, concurrency: int, url: str | None = None):
+    def __init__(
+        self,
+        bench: Bench,
+        count: int,
+        concurrency: int,
+        url: str | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.bench = bench
         self.count = count
         self.concurrency = concurrency
         self.url = url or bench.url
+        self.extra_env = env or {}
+        """More variables for the workers (REDWORK_RESULT_TTL, say)."""
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
     def __enter__(self) -> Workers:
@@ -294,6 +303,7 @@ class Workers:
             REDWORK_LOG_LEVEL=os.environ.get("BENCH_WORKER_LOG_LEVEL", "WARNING"),
             PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
         )
+        env.update(self.extra_env)
         command = [sys.executable, "-m", "redwork", "worker", "bench.tasks:app"]
         command += ["--processes", "1", "--concurrency", str(self.concurrency)]
         try:
