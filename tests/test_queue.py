@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 import redis
 
@@ -81,6 +82,24 @@ def test_enqueue_same_id_twice_is_applied_once(r: redis.Redis, q: Queue) -> None
     assert record(r, q, "a").state == "waiting"
     assert len(events(r, q, "enqueued")) == 2
     assert run(r, q.counts()).stats["enqueued"] == 2
+
+
+def test_a_large_call_writes_entries_of_at_most_100_jobs_and_one_live_message(
+    r: redis.Redis, q: Queue
+) -> None:
+    """The stream is capped in entries; bounded entries keep it bounded in bytes however
+    large the calls (found by the soak run: 1,000-job entries of 35 KB each)."""
+    live = r.pubsub()
+    live.subscribe(q.events)
+    assert live.get_message(timeout=5) is not None  # the subscription's confirmation
+    ids = [f"j{i}" for i in range(250)]
+    run(r, q.enqueue([NewJob(i, doc(i)) for i in ids], DAY_MS))
+    entries = [raw[b"jobs"].decode().split(",") for _, raw in r.xrange(q.events, "-", "+")]
+    assert [len(jobs) for jobs in entries] == [100, 100, 50]
+    assert [job for jobs in entries for job in jobs] == ids
+    message = live.get_message(timeout=5)
+    assert message is not None and orjson.loads(message["data"])["jobs"] == ids
+    live.close()
 
 
 # -- fetch --------------------------------------------------------------------------

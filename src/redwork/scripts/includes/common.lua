@@ -7,8 +7,10 @@ local ALREADY_DONE = 2
 local DUPLICATE = 3
 local CONFLICT = 4
 
--- The events stream keeps roughly this many entries (XADD MAXLEN ~).
+-- The events stream keeps roughly this many entries (XADD MAXLEN ~), each naming at
+-- most EVENT_JOBS jobs: a few tens of MB at most.
 local EVENTS_MAXLEN = 10000
+local EVENT_JOBS = 100
 -- Most arguments passed to one command built from a list (Lua's unpack has a limit).
 local CHUNK = 1000
 
@@ -65,9 +67,16 @@ end
 -- Queue names and job ids are restricted to [A-Za-z0-9_.:-], so they need no escaping.
 local function flush_events(events_key, queue, now)
   for _, event in ipairs(event_order) do
-    local attempts = table.concat(event_attempts[event], ',')
-    redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event,
-      'jobs', table.concat(event_jobs[event], ','), 'attempts', attempts, 'at', now)
+    local jobs, attempts = event_jobs[event], event_attempts[event]
+    -- The stream is capped in entries: entries of at most EVENT_JOBS jobs cap it in
+    -- bytes too, however large the calls (one of 1,000 jobs would take 35 KB).
+    for first = 1, #jobs, EVENT_JOBS do
+      local last = math.min(#jobs, first + EVENT_JOBS - 1)
+      redis.call('XADD', events_key, 'MAXLEN', '~', EVENTS_MAXLEN, '*', 'event', event,
+        'jobs', table.concat(jobs, ',', first, last),
+        'attempts', table.concat(attempts, ',', first, last), 'at', now)
+    end
+    attempts = table.concat(attempts, ',')
     redis.call('PUBLISH', events_key, '{"event":"' .. event .. '","queue":"' .. queue ..
       '","jobs":["' .. table.concat(event_jobs[event], '","') .. '"],"attempts":[' ..
       attempts .. '],"at":' .. now .. '}')
