@@ -7,6 +7,8 @@ chains and fan-ins. It fails on any broken invariant; the long runs (bench/chaos
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chaos.runner import FAULTS, Config, run, summary
 
 
@@ -18,3 +20,12 @@ def test_a_short_chaos_run_loses_nothing_and_applies_each_effect_once() -> None:
     assert report.keyed_jobs_completed > 0 and report.workflows > 0
     # The faults hit work in flight, or they proved nothing.
     assert sum(f.in_flight for f in report.faults) > 0, summary(report)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("fsync", ["always", "everysec"])
+def test_a_long_chaos_run_loses_nothing(fsync: str) -> None:
+    """Not in the default suite: `./dev test -m chaos` (about 10 minutes for both)."""
+    report = run(Config(seed=5, minutes=4, fsync=fsync))
+    assert report.failures() == [], summary(report)
