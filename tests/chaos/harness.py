@@ -34,7 +34,9 @@ class ChaosProxy:
     0, so the peers see RST, not a polite FIN); `stall()` makes it forward nothing, in
     either direction, until `flow()`: connections stay open and new ones are accepted, as
     in a network partition, and what was sent meanwhile arrives once it heals (TCP would
-    have retransmitted it), possibly after its sender gave up waiting."""
+    have retransmitted it), possibly after its sender gave up waiting. `drop_replies()`
+    makes every open connection swallow the next reply it carries and then reset: the
+    request was applied, its sender never learns it (an ambiguous write)."""
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
@@ -42,6 +44,9 @@ class ChaosProxy:
         self.loop = asyncio.new_event_loop()
         self._flowing = asyncio.Event()
         self._writers: set[asyncio.StreamWriter] = set()
+        self._clients: set[asyncio.StreamWriter] = set()
+        """Client sides whose next reply is to be dropped."""
+        self._armed: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="chaos-proxy", daemon=True)
 
@@ -79,11 +84,14 @@ class ChaosProxy:
             return
         pair = {client, upstream}
         self._writers |= pair
+        self._clients.add(client)
         try:
             await asyncio.gather(
                 self._pump(client_reader, upstream), self._pump(upstream_reader, client)
             )
         finally:
+            self._clients.discard(client)
+            self._armed.discard(client)
             for writer in pair:
                 self._writers.discard(writer)
                 writer.close()
@@ -92,6 +100,8 @@ class ChaosProxy:
         with contextlib.suppress(OSError, asyncio.IncompleteReadError):
             while data := await reader.read(65536):
                 await self._flowing.wait()
+                if writer in self._armed:  # a reply to drop: swallow it and hang up
+                    break
                 writer.write(data)
                 await writer.drain()
         # One side ended: end the other, so that neither waits on a dead peer.
@@ -122,6 +132,13 @@ class ChaosProxy:
         cut = len(self._writers)
         self._call(lambda: [self._reset(w) for w in list(self._writers)])
         return cut // 2
+
+    def drop_replies(self) -> int:
+        """Arm every open connection to drop the next reply it carries and reset;
+        returns how many were armed."""
+        armed = len(self._clients)
+        self._call(lambda: self._armed.update(self._clients))
+        return armed
 
     def stall(self) -> None:
         self._call(self._flowing.clear)

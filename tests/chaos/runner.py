@@ -9,6 +9,8 @@ connected through a ChaosProxy, while faults are injected one at a time:
     proxy_cut      reset every connection
     proxy_flap     reset every connection every 0.5 s for 5 s
     proxy_stall    forward nothing for 3 s (a partition; requests arrive late)
+    proxy_drop_reply  every connection loses its next reply, then is reset (the request
+                   was applied; its sender cannot know)
     producer_kill  SIGKILL the producer in the middle of a call, start a new one
 
 Each fault is timed twice: from the fault until every job that was running when it hit
@@ -60,6 +62,7 @@ FAULTS = (
     "proxy_cut",
     "proxy_flap",
     "proxy_stall",
+    "proxy_drop_reply",
     "producer_kill",
 )
 QUEUE = Queue("default")
@@ -320,6 +323,9 @@ class Run:
 
         return Injected("resets every 0.5s for 5s", heal, 5.0)
 
+    def proxy_drop_reply(self) -> Injected:
+        return Injected(f"{self.proxy.drop_replies()} connections armed")
+
     def proxy_stall(self) -> Injected:
         self.proxy.stall()
         return Injected(f"for {self.config.stall:.1f}s", self.proxy.flow, self.config.stall)
@@ -537,7 +543,7 @@ def run(config: Config, log: Callable[[str], None] = lambda line: None) -> Repor
                 record = chaos.inject(fault)
                 faults.append(record)
                 log(
-                    f"{record.at:7.1f}s {fault:14} {record.detail:22} in flight "
+                    f"{record.at:7.1f}s {fault:16} {record.detail:22} in flight "
                     f"{record.in_flight:3}  moved on {seconds(record.taken_over)}  "
                     f"probe {seconds(record.service)}"
                 )
@@ -602,7 +608,7 @@ def summary(report: Report) -> str:
         if records:
             moved = spread([f.taken_over for f in records])
             probed = spread([f.service for f in records])
-            lines.append(f"    {fault:14} n={len(records):<3} moved on {moved}   probe {probed}")
+            lines.append(f"    {fault:16} n={len(records):<3} moved on {moved}   probe {probed}")
     failures = report.failures()
     lines.append("RESULT: " + ("ok" if not failures else "FAILED"))
     lines += [f"  - {failure}" for failure in failures]
