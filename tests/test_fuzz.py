@@ -43,6 +43,7 @@ from redwork import (
 )
 from redwork.errors import InvalidName
 from redwork.job import (
+    MAX_DELAY,
     MAX_KEY_LENGTH,
     MAX_PRIORITY,
     NAME_PATTERN,
@@ -353,6 +354,7 @@ bad_priorities = (
     | st.sampled_from([True, False, 1.0, "1"])
 )
 non_finite = st.sampled_from([math.nan, math.inf, -math.inf])
+too_far = st.floats(MAX_DELAY + 1, 1e15)
 past = st.floats(-1e9, 0).map(lambda s: time.time() + s) | st.datetimes(
     max_value=datetime(2000, 1, 1)
 ).map(lambda d: d.replace(tzinfo=UTC))
@@ -363,8 +365,8 @@ VALID: dict[str, st.SearchStrategy[Any]] = {
     "priority": priorities,
     "retry_priority": priorities | st.none(),
     # Runs now or soon (at most 0.2 s), or long after the test (then it is cancelled).
-    # Delays beyond about 3,000 years: see the xfails.
-    "countdown": st.floats(-1e9, 0.2) | st.floats(5, 1e9) | st.none(),
+    # Past MAX_DELAY (10 years) a countdown is refused: see INVALID.
+    "countdown": st.floats(-1e9, 0.2) | st.floats(5, MAX_DELAY) | st.none(),
     "eta": past | st.none(),
     "key": valid_keys,
     "idempotency_key": valid_keys,
@@ -388,7 +390,7 @@ INVALID: dict[str, tuple[st.SearchStrategy[Any], Refused]] = {
     "job_id": (invalid_names, Refused(InvalidName, "job id")),  # None: one is generated
     "priority": (bad_priorities | st.none(), Refused(ValueError, "priority")),
     "retry_priority": (bad_priorities, Refused(ValueError, "retry priority")),
-    "countdown": (non_finite, Refused(ValueError, "countdown")),
+    "countdown": (non_finite | too_far, Refused(ValueError, "countdown")),
     "eta": (non_finite, Refused(ValueError, "eta")),
     "key": (invalid_keys, Refused(InvalidName, "key")),
     "idempotency_key": (invalid_keys, Refused(InvalidName, "idempotency key")),
