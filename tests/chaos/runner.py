@@ -168,6 +168,9 @@ class Report:
 
 
 class Run:
+    """One chaos run's processes (server, proxy, workers, producer), its faults and its
+    checks."""
+
     def __init__(self, config: Config, workdir: Path) -> None:
         self.config = config
         self.dir = workdir
@@ -532,6 +535,8 @@ class Run:
 def run(config: Config, log: Callable[[str], None] = lambda line: None) -> Report:
     with tempfile.TemporaryDirectory(prefix="redwork-chaos-") as tmp:
         workdir = Path(config.keep) if config.keep else Path(tmp)
+        if workdir.exists() and any(workdir.iterdir()):
+            raise ValueError(f"{workdir} is not empty: a run's ledger must be its own")
         workdir.mkdir(parents=True, exist_ok=True)
         chaos = Run(config, workdir)
         try:
