@@ -112,10 +112,12 @@ def test_fetch_leases_at_most_count_jobs_in_fifo_order(r: redis.Redis, q: Queue)
 
     assert [d.id for d in fetched.deliveries] == ["a", "b", "c"]
     assert fetched.next_due_in_ms is None
+    # Tokens come from the queue's counter: one each, in fetch order.
+    assert [d.token for d in fetched.deliveries] == [1, 2, 3]
     for d in fetched.deliveries:
-        assert (d.token, d.attempt, d.queue, d.data) == (1, 1, "q", doc(d.id))
+        assert (d.attempt, d.queue, d.data) == (1, "q", doc(d.id))
         rec = record(r, q, d.id)
-        assert (rec.state, rec.token, rec.attempt, rec.worker) == ("active", 1, 1, WORKER)
+        assert (rec.state, rec.token, rec.attempt, rec.worker) == ("active", d.token, 1, WORKER)
         assert r.zscore(q.active, d.id) >= before + LEASE
     assert wait_ids(r, q) == ["d", "e"]
     assert len(fetch(r, q, 10)) == 2
@@ -215,7 +217,7 @@ def test_fail_with_retry_delays_then_a_later_fetch_promotes_it(r: redis.Redis, q
     assert r.zcard(q.active) == 0 and r.zcard(q.delayed) == 2
 
     fetched = run(r, q.fetch(10, LEASE, WORKER, BIG))
-    assert [(d.id, d.token, d.attempt) for d in fetched.deliveries] == [("a", 2, 2)]
+    assert [(d.id, d.token, d.attempt) for d in fetched.deliveries] == [("a", 3, 2)]
     assert fetched.next_due_in_ms is not None and 0 < fetched.next_due_in_ms <= LEASE
     assert [e["job"] for e in events(r, q, "promoted")] == ["a"]
     assert r.zrange(q.delayed, 0, -1) == [b"b"]

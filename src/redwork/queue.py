@@ -302,6 +302,7 @@ class Queue:
         self.wait, self.active, self.delayed = p + "wait", p + "active", p + "delayed"
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
+        self.tokens = p + "tokens"
         self.workflows, self.levels = p + "workflows", p + "levels"
         self.aborts, self.schedules = p + "aborts", p + "schedules"
         self.limits, self.limited = p + "limits", p + "limited"
@@ -354,6 +355,7 @@ class Queue:
             self.events,
             self.seq,
             self.stats,
+            self.tokens,
         )
         return Op(
             parse,

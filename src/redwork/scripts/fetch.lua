@@ -8,6 +8,7 @@ KEYS[5] marker    ZSET wake-up marker
 KEYS[6] events    STREAM and channel of job events
 KEYS[7] seq       STRING counter naming entries that are not jobs
 KEYS[8] stats     HASH of counters
+KEYS[9] tokens    STRING counter of fencing tokens, one per lease
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] count     how many jobs the worker has free slots for
 ARGV[4] lease_ms  lease length
@@ -83,9 +84,8 @@ end
 local out = { -1 }
 local leases = {}
 
-local function lease(id, job, holds)
+local function lease(id, job, holds, token)
   local key = prefix .. 'job:' .. id
-  local token = tonumber(job[2] or 0) + 1
   local attempt = tonumber(job[3] or 0) + 1
   if holds and #holds > 0 then
     redis.call('HSET', key, 'state', 'active', 'worker', worker, 'started_at', now,
@@ -117,8 +117,7 @@ while i <= #ids do
   local id = ids[i]
   local key = prefix .. 'job:' .. id
   local job = is_job_id(id) and
-    redis.call('HMGET', key, 'data', 'token', 'attempt', 'losses', 'inputs', 'wf', 'ahead',
-      'state')
+    redis.call('HMGET', key, 'data', 'state', 'attempt', 'losses', 'inputs', 'wf', 'ahead')
     or { false }
   if not job[1] then
     -- Someone pushed raw bytes (not an id) into the queue: keep them for inspection.
@@ -129,7 +128,7 @@ while i <= #ids do
       'token', 0, 'losses', 0, 'enqueued_at', now)
     bury(raw_id, 'decode_error',
       'the wait list held an entry that is not the id of a job of this queue', 0)
-  elseif job[8] ~= 'waiting' then
+  elseif job[2] ~= 'waiting' then
     -- A stray copy of the id of a job that is not waiting (pushed again by a foreign
     -- producer, say): the job is where its state says, and running it again would be a
     -- second delivery nobody asked for. The copy is dropped.
@@ -142,17 +141,21 @@ while i <= #ids do
     -- it travels alone, so that it cannot take the jobs fetched with it down again.
     local suspect = tonumber(job[4] or 0) > 0
     if suspect and #leases > 0 then break end
+    -- Tokens come from the queue's counter, not the job's own: a job enqueued again
+    -- under the id of a purged or expired one must not hand out a token that an old
+    -- delivery of that id still holds.
+    local token = redis.call('INCR', KEYS[9])
     local blocked, due, holds
     local scopes = specs and scopes_of(specs, job[1]) or {}
     if #scopes > 0 then
-      blocked, due, holds = try_start(q, id, tonumber(job[2] or 0) + 1, scopes, job[7], now)
+      blocked, due, holds = try_start(q, id, token, scopes, job[7], now)
     end
     if blocked then
       park(q, id, blocked, blocked == job[7], due)
       if blocked ~= job[7] then pass_turn(q, job[7]) end
       note('limited', id, job[3])
     else
-      lease(id, job, holds)
+      lease(id, job, holds, token)
       if suspect then
         i = i + 1
         break
