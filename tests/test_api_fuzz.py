@@ -40,7 +40,7 @@ STATE_KEY = "k"
 # A fixed seed and a small budget keep the default run short and repeatable; set
 # API_FUZZ_SEED and API_FUZZ_EXAMPLES (and --timeout) to search longer or elsewhere.
 SEED = int(os.environ.get("API_FUZZ_SEED", "20240601"))
-MAX_EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "30"))
+MAX_EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "20"))
 """Requests of the fuzzing phase per operation and kind (valid, invalid data)."""
 REQUEST_TIMEOUT = 10.0
 

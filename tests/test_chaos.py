@@ -13,7 +13,7 @@ from tests.chaos.runner import FAULTS, Config, run, summary
 
 
 def test_a_short_chaos_run_loses_nothing_and_applies_each_effect_once() -> None:
-    report = run(Config(seed=3, gap=3.0))
+    report = run(Config(seed=3, gap=2.0))
     assert report.failures() == [], summary(report)
     assert sorted(f.fault for f in report.faults) == sorted(FAULTS)
     assert report.acknowledged > 1000
