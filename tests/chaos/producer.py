@@ -78,14 +78,14 @@ def main(acks_path: str, generation: str, seed: str, rate: str) -> None:
                 break
             ids, call = rng.choice(kinds)(rng, f"g{generation}-{n}")
             log(acks, "intent", ids)
-            while True:
+            while not stopping:
                 try:
                     call()
+                    log(acks, "ack", ids)
                     break
                 except Exception as exc:  # the server is away: retry with the same ids
                     print(f"producer: {type(exc).__name__}: {exc}; retrying", file=sys.stderr)
                     time.sleep(0.2)
-            log(acks, "ack", ids)
             sent += len(ids)
             ahead = sent / per_second - (time.monotonic() - started)
             if ahead > 0:
