@@ -235,9 +235,10 @@ def _delay_ms(countdown: float | None, eta: datetime | float | None) -> int | No
         raise ValueError("give countdown or eta, not both")
     if eta is not None:
         at = eta.timestamp() if isinstance(eta, datetime) else number("eta", eta)
-        if at - time.time() > MAX_DELAY:
+        ahead = at - time.time()
+        if ahead > MAX_DELAY:
             raise ValueError(f"eta {eta!r} is more than {MAX_DELAY // 86_400} days ahead")
-        return max(0, math.ceil((at - time.time()) * 1000))
+        return max(0, math.ceil(ahead * 1000))
     if countdown is None:
         return None
     seconds = number("countdown", countdown, low=-math.inf, high=MAX_DELAY)

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,12 +115,13 @@ class ChaosProxy:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
 
-    def _call(self, fn: object, *args: object) -> None:
+    def _call(self, fn: Callable[[], object]) -> None:
+        """Run fn in the proxy's loop (its state belongs to that thread) and wait for it."""
         done = threading.Event()
 
         def run() -> None:
             try:
-                fn(*args)  # type: ignore[operator]
+                fn()
             finally:
                 done.set()
 

@@ -361,11 +361,14 @@ class Run:
     # -- observation ----------------------------------------------------------------
 
     def retrying(self, read: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """read() again every 50 ms while the server is away. Not redwork's own
+        connection.retrying: its backoff grows to 2 s, which would blur the recovery
+        times this observer measures."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 return read()
-            except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError):
+            except (redis.ConnectionError, redis.TimeoutError):  # LOADING is a ConnectionError
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
