@@ -22,7 +22,6 @@ from typing import Annotated, Any, Literal, cast
 from urllib.parse import parse_qs
 
 import orjson
-import redis.asyncio
 from fastapi import (
     Body,
     Depends,
@@ -45,6 +44,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from redwork import connection
 from redwork.app import Redwork
+from redwork.connection import AsyncRedis
 from redwork.errors import (
     InvalidName,
     JobNotFound,
@@ -308,7 +308,7 @@ class Service:
         self.hub: Hub | None = None
         self.stats_feed = StatsFeed(self)
 
-    async def redis(self) -> redis.asyncio.Redis:
+    async def redis(self) -> AsyncRedis:
         return await self.app.client.aredis()
 
     async def start(self) -> None:

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
-
 from redwork import connection
+from redwork.connection import AsyncRedis, SyncRedis
 from redwork.errors import (
     JobCancelled,
     JobFailed,
@@ -67,7 +65,7 @@ class Client:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._url: str | None = None
-        self._sync: Redis | None = None
+        self._sync: SyncRedis | None = None
         self._async: AsyncRedis | None = None
         self._async_connecting = asyncio.Lock()
         self._queues: dict[str, Queue] = {}
@@ -89,7 +87,7 @@ class Client:
 
     # -- sync -------------------------------------------------------------------------
 
-    def redis(self) -> Redis:
+    def redis(self) -> SyncRedis:
         if self._sync is None:
             client = connection.sync_client(self.url, self.settings)
             connection.check_server(self._retrying(client.info, "connect"))

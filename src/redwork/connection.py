@@ -6,16 +6,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.connection
+import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from redwork.errors import ServerPolicyError, ServerVersionError
+from redwork.errors import ConfigurationError, ServerPolicyError, ServerVersionError
 from redwork.settings import Settings
 
 T = TypeVar("T")
@@ -34,6 +42,10 @@ TRANSIENT = (
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
     redis.exceptions.TryAgainError,
+    # A cluster failing over: no primary for a slot yet, or a slot map being rebuilt.
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.ClusterError,
+    redis.exceptions.SlotNotCoveredError,
 )
 
 
@@ -45,6 +57,110 @@ def resolve_url(settings: Settings) -> str:
 
     server = EmbeddedServer(settings.data_dir, fsync=settings.fsync, binary=settings.server_binary)
     return server.ensure_running()
+
+
+SyncRedis: TypeAlias = redis.Redis | redis.cluster.RedisCluster
+AsyncRedis: TypeAlias = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+# Query options of a Sentinel URL meant for the sentinels, not for the servers they watch.
+_SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the server is: one server (`redis://`, `rediss://`, `unix://`), a primary
+    found through Sentinel, or a Cluster. See docs/deployment.md for the URL forms."""
+
+    shape: str
+    """server, sentinel or cluster."""
+    url: str
+    """The server's URL; for sentinel and cluster, that of the first node with the
+    credentials, TLS and query options that every server of the set is reached with."""
+    nodes: tuple[tuple[str, int], ...] = ()
+    """The sentinels, or the cluster's seed nodes."""
+    service: str = ""
+    """The name under which the sentinels know the primary."""
+    sentinel_auth: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("rediss://")
+
+    def options(self) -> dict[str, Any]:
+        """Connection options that redis-py reads from the URL (credentials, TLS files,
+        timeouts), as keyword arguments for the sentinel and cluster clients."""
+        options = dict(redis.connection.parse_url(self.url))  # type: ignore[no-untyped-call]
+        for key in ("host", "port", "path", "connection_class"):
+            options.pop(key, None)
+        if self.shape == "cluster":
+            options.pop("db", None)
+        if self.tls:
+            options["ssl"] = True
+        return options
+
+
+def parse_target(url: str) -> Target:
+    """Read a connection URL; ConfigurationError names what is wrong with it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigurationError(f"redis_url {_redacted(url)!r} has no scheme (redis://...)")
+    if scheme in ("redis", "rediss", "unix"):
+        return Target("server", url)
+    if scheme not in CLUSTER_SCHEMES + SENTINEL_SCHEMES:
+        raise ConfigurationError(
+            f"redis_url scheme {scheme!r} is not one of redis, rediss, unix, "
+            f"{', '.join(SENTINEL_SCHEMES + CLUSTER_SCHEMES)}"
+        )
+    base = scheme.partition("+")[0]
+    netloc, _, path = rest.partition("/")
+    path, _, query = path.partition("?")
+    userinfo, _, hosts = netloc.rpartition("@")
+    nodes = tuple(_host_port(h, url) for h in hosts.split(",") if h)
+    if not nodes:
+        raise ConfigurationError(f"redis_url {_redacted(url)!r} names no host")
+    params = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    sentinel_auth = tuple((k, v) for k, v in params if k in _SENTINEL_QUERY)
+    query = urllib.parse.urlencode([(k, v) for k, v in params if k not in _SENTINEL_QUERY])
+    credentials = f"{userinfo}@" if userinfo else ""
+    host, port = nodes[0]
+    parts = [p for p in path.split("/") if p]
+    if scheme in CLUSTER_SCHEMES:
+        if parts:
+            raise ConfigurationError(
+                f"redis_url {_redacted(url)!r}: a cluster has no database number or service "
+                "name (redis+cluster://host:port,host:port)"
+            )
+        first = f"{base}://{credentials}{_netloc(host, port)}/0"
+        return Target("cluster", _with_query(first, query), nodes)
+    if not parts or len(parts) > 2:
+        raise ConfigurationError(
+            f"redis_url {_redacted(url)!r}: a Sentinel URL names the service, and may add a "
+            "database number (redis+sentinel://host:26379,host:26379/service/0)"
+        )
+    db = parts[1] if len(parts) == 2 else "0"
+    first = f"{base}://{credentials}{_netloc(host, port)}/{db}"
+    return Target("sentinel", _with_query(first, query), nodes, parts[0], sentinel_auth)
+
+
+def _host_port(text: str, url: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"redis_url {_redacted(url)!r}: {text!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}?{query}" if query else url
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for error messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
 def client_options(settings: Settings, *, blocking: bool = False) -> dict[str, Any]:
@@ -67,16 +183,46 @@ POOL_WAIT = 30.0
 """Seconds a caller waits for a free connection before ConnectionError."""
 
 
-def sync_client(url: str, settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(url, **client_options(settings))
+def sync_client(url: str, settings: Settings) -> SyncRedis:
+    target = parse_target(url)
+    options = client_options(settings)
+    if target.shape == "cluster":
+        nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.nodes]  # type: ignore[no-untyped-call]
+        return redis.cluster.RedisCluster(startup_nodes=nodes, **options, **target.options())
+    if target.shape == "sentinel":
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options),
+            **options, **target.options(),
+        )  # fmt: skip
+        pool = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            target.service, sentinel, **options, **target.options()
+        )
+        return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_url(url, **options)
 
 
 def async_client(
     url: str, settings: Settings, *, blocking: bool = False, single: bool = False
-) -> redis.asyncio.Redis:
+) -> AsyncRedis:
     """`single`: one dedicated connection, for a role that sends one command at a time;
-    it skips the pool's checkout and checks on every command of the hot path."""
+    it skips the pool's checkout and checks on every command of the hot path (on a
+    cluster, where a role talks to several nodes, the client keeps a pool per node)."""
+    target = parse_target(url)
     options = client_options(settings, blocking=blocking)
+    if target.shape == "cluster":
+        nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes]
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=nodes, **options, **target.options()
+        )
+    if target.shape == "sentinel":
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options),
+            **options, **target.options(),
+        )  # fmt: skip
+        primary = redis.asyncio.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+            target.service, sentinel, **options, **target.options()
+        )
+        return redis.asyncio.Redis(connection_pool=primary, single_connection_client=single)
     if single:
         return redis.asyncio.Redis.from_url(url, single_connection_client=True, **options)
     # redis-py's default async pool raises "Too many connections" past 100 at once (200
@@ -85,6 +231,16 @@ def async_client(
         url, max_connections=ASYNC_POOL_SIZE, timeout=POOL_WAIT, **options
     )
     return redis.asyncio.Redis(connection_pool=pool)
+
+
+def _sentinel_kwargs(target: Target, options: dict[str, Any]) -> dict[str, Any]:
+    """How the sentinels are reached: the servers' timeouts and TLS, their own
+    credentials (sentinel_username, sentinel_password in the URL's query)."""
+    kwargs = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")}
+    tls = target.options()
+    kwargs.update({k: v for k, v in tls.items() if k.startswith("ssl")})
+    kwargs.update({k.removeprefix("sentinel_"): v for k, v in target.sentinel_auth})
+    return kwargs
 
 
 def check_server(info: dict[str, Any]) -> None:

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
-import redis.asyncio
 
-from redwork.connection import TRANSIENT, Backoff
+from redwork.connection import TRANSIENT, AsyncRedis, Backoff
 from redwork.job import JobRecord
 from redwork.queue import KEY_ROOT, Queue, arun_many
 
@@ -116,8 +115,8 @@ class Subscription:
 class Hub:
     def __init__(
         self,
-        connect: Callable[[], redis.asyncio.Redis],
-        reader: redis.asyncio.Redis,
+        connect: Callable[[], AsyncRedis],
+        reader: AsyncRedis,
         mailbox_limit: int = 10_000,
         on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:

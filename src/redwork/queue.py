@@ -7,14 +7,17 @@ the async clients share every line of it; `run` and `arun` send one.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import orjson
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
+from redwork.connection import AsyncRedis, SyncRedis
 from redwork.job import Envelope, JobRecord, check_name
 from redwork.scripts import Code, Script, load
 
@@ -42,7 +45,7 @@ def _command(op: Op[Any]) -> Sequence[Any]:
     return ("EVALSHA", op.script.sha, len(op.keys), *op.keys, *op.args)
 
 
-def run(client: redis.Redis, op: Op[T]) -> T:
+def run(client: SyncRedis, op: Op[T]) -> T:
     if op.script is None:
         return op.parse(client.execute_command(*op.command))  # type: ignore[no-untyped-call]
     try:
@@ -52,9 +55,9 @@ def run(client: redis.Redis, op: Op[T]) -> T:
     return op.parse(reply)
 
 
-async def arun(client: redis.asyncio.Redis, op: Op[T]) -> T:
+async def arun(client: AsyncRedis, op: Op[T]) -> T:
     if op.script is None:
-        return op.parse(await client.execute_command(*op.command))  # type: ignore[no-untyped-call]
+        return op.parse(await client.execute_command(*op.command))
     try:
         reply = await client.evalsha(op.script.sha, len(op.keys), *op.keys, *op.args)
     except redis.exceptions.NoScriptError:
@@ -67,9 +70,11 @@ async def arun(client: redis.asyncio.Redis, op: Op[T]) -> T:
 WINDOW = 8
 
 
-def run_many(client: redis.Redis, ops: Iterable[Op[T]]) -> list[T]:
+def run_many(client: SyncRedis, ops: Iterable[Op[T]]) -> list[T]:
     """Send ops over one connection without waiting for each reply, so that building
     the next op (ops may be a generator) overlaps the server running the last."""
+    if isinstance(client, redis.cluster.RedisCluster):
+        return _run_on_cluster(client, ops)
     pool = client.connection_pool
     conn = pool.get_connection()
     pending: deque[Op[T]] = deque()
@@ -98,8 +103,10 @@ def run_many(client: redis.Redis, ops: Iterable[Op[T]]) -> list[T]:
     return results
 
 
-async def arun_many(client: redis.asyncio.Redis, ops: Iterable[Op[T]]) -> list[T]:
+async def arun_many(client: AsyncRedis, ops: Iterable[Op[T]]) -> list[T]:
     """The async twin of run_many()."""
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        return await _arun_on_cluster(client, ops)
     pool = client.connection_pool
     conn = await pool.get_connection()  # type: ignore[no-untyped-call]
     pending: deque[Op[T]] = deque()
@@ -125,6 +132,57 @@ async def arun_many(client: redis.asyncio.Redis, ops: Iterable[Op[T]]) -> list[T
         raise
     finally:
         await pool.release(conn)
+    return results
+
+
+# Ops a cluster pipeline sends at once: it splits them by node and writes each node's
+# share in one go, so a batch bounds the replies held in memory, not the round trips.
+CLUSTER_BATCH = 1000
+
+
+def _batches(ops: Iterable[Op[T]]) -> Iterator[list[Op[T]]]:
+    batch: list[Op[T]] = []
+    for op in ops:
+        batch.append(op)
+        if len(batch) == CLUSTER_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _cluster_reply(op: Op[T], reply: Any) -> T | None:
+    """The parsed reply, or None where the node did not have the script yet."""
+    if isinstance(reply, redis.exceptions.NoScriptError):
+        return None
+    if isinstance(reply, Exception):
+        raise reply
+    return op.parse(reply)
+
+
+def _run_on_cluster(client: redis.cluster.RedisCluster, ops: Iterable[Op[T]]) -> list[T]:
+    results: list[T] = []
+    for batch in _batches(ops):
+        pipe = client.pipeline(transaction=False)  # type: ignore[no-untyped-call]
+        for op in batch:
+            pipe.execute_command(*_command(op))
+        for op, reply in zip(batch, pipe.execute(raise_on_error=False), strict=True):
+            parsed = _cluster_reply(op, reply)
+            results.append(run(client, op) if parsed is None else parsed)
+    return results
+
+
+async def _arun_on_cluster(
+    client: redis.asyncio.cluster.RedisCluster, ops: Iterable[Op[T]]
+) -> list[T]:
+    results: list[T] = []
+    for batch in _batches(ops):
+        pipe = client.pipeline(transaction=False)
+        for op in batch:
+            pipe.execute_command(*_command(op))
+        for op, reply in zip(batch, await pipe.execute(raise_on_error=False), strict=True):
+            parsed = _cluster_reply(op, reply)
+            results.append(await arun(client, op) if parsed is None else parsed)
     return results
 
 

@@ -8,9 +8,8 @@ from collections.abc import Mapping
 from typing import Any, cast
 
 import orjson
-import redis
-import redis.asyncio
 
+from redwork.connection import AsyncRedis, SyncRedis
 from redwork.job import now_ms
 from redwork.queue import KEY_ROOT, QUEUES_KEY
 
@@ -28,9 +27,7 @@ def worker_key(worker_id: str) -> str:
 class Registration:
     """One worker's entry in the registry."""
 
-    def __init__(
-        self, client: redis.asyncio.Redis, info: Mapping[str, str | int], ttl: int
-    ) -> None:
+    def __init__(self, client: AsyncRedis, info: Mapping[str, str | int], ttl: int) -> None:
         self.client = client
         self.id = str(info["id"])
         self.info = dict(info)
@@ -71,7 +68,7 @@ LiveWorker = tuple[str, float, dict[str, str]]
 """(id, last heartbeat in ms, description)"""
 
 
-def live_workers(client: redis.Redis) -> list[LiveWorker]:
+def live_workers(client: SyncRedis) -> list[LiveWorker]:
     """Every worker whose entry has not expired."""
     entries = cast(list[tuple[bytes, float]], client.zrange(WORKERS_KEY, 0, -1, withscores=True))
     with client.pipeline(transaction=False) as pipe:
@@ -80,7 +77,7 @@ def live_workers(client: redis.Redis) -> list[LiveWorker]:
         return _described(entries, pipe.execute())
 
 
-async def alive_workers(client: redis.asyncio.Redis) -> list[LiveWorker]:
+async def alive_workers(client: AsyncRedis) -> list[LiveWorker]:
     """The async twin of live_workers()."""
     entries = cast(
         list[tuple[bytes, float]], await client.zrange(WORKERS_KEY, 0, -1, withscores=True)

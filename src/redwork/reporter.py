@@ -11,7 +11,7 @@ from collections import defaultdict
 import redis.asyncio
 import redis.exceptions
 
-from redwork.connection import TRANSIENT, Backoff
+from redwork.connection import TRANSIENT, AsyncRedis, Backoff
 from redwork.queue import Completion, Failure, Queue, arun
 from redwork.scripts import Code
 
@@ -53,7 +53,7 @@ class Reporter:
         self._closing = True
         self._pending.set()
 
-    async def run(self, client: redis.asyncio.Redis, hard_stop: asyncio.Event) -> None:
+    async def run(self, client: AsyncRedis, hard_stop: asyncio.Event) -> None:
         backoff = Backoff()
         loop = asyncio.get_running_loop()
         failing_since: float | None = None
@@ -83,7 +83,7 @@ class Reporter:
             if self._closing and not self._backlog():
                 return
 
-    async def _flush(self, client: redis.asyncio.Redis) -> None:
+    async def _flush(self, client: AsyncRedis) -> None:
         for queue in self.queues:
             completed = self._completed.get(queue.name)
             if completed:
@@ -104,7 +104,7 @@ class Reporter:
                 self._note_fenced(queue, [f.id for f in failures], codes)
 
     async def _complete_one_by_one(
-        self, client: redis.asyncio.Redis, queue: Queue, batch: list[Completion]
+        self, client: AsyncRedis, queue: Queue, batch: list[Completion]
     ) -> list[Code]:
         """After the server refused a batch (a script error, such as a state key in
         another cluster slot): send each completion alone, and report the ones it still

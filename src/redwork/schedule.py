@@ -25,11 +25,9 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-import redis
-import redis.asyncio
 from croniter import croniter
 
-from redwork.connection import TRANSIENT, Backoff
+from redwork.connection import TRANSIENT, AsyncRedis, Backoff, SyncRedis
 from redwork.job import Envelope, check_name, check_priority
 from redwork.queue import KEY_ROOT, QUEUES_KEY, NewJob, Op, Queue, arun_many, run_many, text
 from redwork.scripts import Code
@@ -217,16 +215,16 @@ def _storing(schedules: list[Schedule], now_ms: int) -> list[Op[Any]]:
     return ops
 
 
-def add_schedules(client: redis.Redis, schedules: list[Schedule]) -> None:
+def add_schedules(client: SyncRedis, schedules: list[Schedule]) -> None:
     """Store schedules (a definition with the same name is replaced)."""
     run_many(client, _storing(schedules, _server_ms(client.time())))
 
 
-async def aadd_schedules(client: redis.asyncio.Redis, schedules: list[Schedule]) -> None:
+async def aadd_schedules(client: AsyncRedis, schedules: list[Schedule]) -> None:
     await arun_many(client, _storing(schedules, _server_ms(await client.time())))
 
 
-def remove_schedule(client: redis.Redis, name: str) -> bool:
+def remove_schedule(client: SyncRedis, name: str) -> bool:
     """Delete a schedule; False when there was none of that name. (A schedule declared
     in code comes back when a scheduler of that code starts.)"""
     raw = client.hget(SCHEDULES_KEY, name)
@@ -264,7 +262,7 @@ def _last_ticks(raw: Mapping[Any, Any]) -> tuple[list[Schedule], list[Op[list[in
     return [s for queued in by_queue.values() for s in queued], ops
 
 
-def list_schedules(client: redis.Redis) -> list[ScheduleState]:
+def list_schedules(client: SyncRedis) -> list[ScheduleState]:
     now = _server_ms(client.time())
     schedules, ops = _last_ticks(client.hgetall(SCHEDULES_KEY))
     lasts = [v for reply in run_many(client, ops) for v in reply]
@@ -291,7 +289,7 @@ class Scheduler:
         self.idempotency_ms = idempotency_ms
         self.enqueued = 0
 
-    async def run(self, client: redis.asyncio.Redis, stopped: asyncio.Event) -> None:
+    async def run(self, client: AsyncRedis, stopped: asyncio.Event) -> None:
         backoff = Backoff()
         declared = list(self.app.schedules.values())
         registered = not declared
@@ -307,7 +305,7 @@ class Scheduler:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopped.wait(), wait)
 
-    async def run_due(self, client: redis.asyncio.Redis) -> float:
+    async def run_due(self, client: AsyncRedis) -> float:
         """Claim (and enqueue) every tick that is due; returns seconds until the next."""
         now = _server_ms(await client.time())
         schedules, reads = _last_ticks(await client.hgetall(SCHEDULES_KEY))

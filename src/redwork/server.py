@@ -16,7 +16,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -190,9 +190,11 @@ class ServerProcess:
 
     def __init__(
         self, data_dir: Path, *, port: int | None = None, fsync: str = "everysec",
-        binary: str | None = None,
+        binary: str | None = None, extra: Sequence[str] = (),
     ) -> None:  # fmt: skip
+        """`extra`: more server arguments (cluster mode, replication, TLS)."""
         _check_fsync(fsync)
+        self.extra = list(extra)
         self.data_dir = Path(data_dir).absolute()
         self.log_path = self.data_dir / "valkey.log"
         self._fsync = fsync
@@ -233,8 +235,12 @@ class ServerProcess:
                 self._port = free_port()
         self._pick_port = False
 
+    def _args(self) -> list[str]:
+        config = server_config(self.data_dir, port=self._port, fsync=self._fsync)
+        return [self._binary, *config, *self.extra]
+
     def _spawn(self, timeout: float) -> None:
-        args = [self._binary, *server_config(self.data_dir, port=self._port, fsync=self._fsync)]
+        args = self._args()
         # stdout rather than --logfile, so errors printed before the log opens are kept too.
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -487,3 +493,257 @@ def given_or_private(url: str | None, prefix: str = "redwork-") -> Iterator[str]
             yield server.ensure_running()
         finally:
             server.stop()
+
+
+def _command(port: int, *args: str | int) -> Any:
+    """One command to the server (or sentinel) on a loopback port, on a connection of its
+    own: setting up and watching a cluster or sentinel set is never on a hot path."""
+    admin = _client(f"redis://127.0.0.1:{port}/0")
+    try:
+        return admin.execute_command(*args)  # type: ignore[no-untyped-call]
+    finally:
+        admin.close()
+
+
+def _replication(port: int, field: str) -> str:
+    """A field of INFO replication: role, master_link_status, ..."""
+    return str(_command(port, "INFO", "replication").get(field))
+
+
+def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` (a cheap server query) until it holds: cluster and sentinel
+    state converges by gossip, which announces nothing to wait on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except redis.RedisError:
+            pass  # a node still starting or failing over
+        if time.monotonic() > deadline:
+            raise ServerError(f"{what} not reached within {timeout}s")
+        time.sleep(_POLL)
+
+
+class LocalCluster:
+    """A Valkey Cluster on loopback ports: `primaries` primaries, each with `replicas`
+    replicas, dividing the 16384 slots evenly; for tests and benchmarks.
+    `node_timeout_ms` is how long a primary may be unreachable before its replica
+    takes over."""
+
+    def __init__(
+        self, data_dir: Path, *, primaries: int = 3, replicas: int = 1,
+        fsync: str = "everysec", node_timeout_ms: int = 1000, binary: str | None = None,
+    ) -> None:  # fmt: skip
+        self.data_dir = Path(data_dir).absolute()
+        self.nodes: list[ServerProcess] = []
+        for index in range(primaries * (1 + replicas)):
+            node_dir = self.data_dir / f"node{index}"
+            self.nodes.append(
+                ServerProcess(
+                    node_dir,
+                    fsync=fsync,
+                    binary=binary,
+                    extra=[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        str(node_timeout_ms),
+                        "--cluster-port",
+                        str(free_port()),
+                        # A replica may take over however long it was cut off.
+                        "--cluster-replica-validity-factor",
+                        "0",
+                    ],
+                )
+            )
+        self.primaries = primaries
+
+    @property
+    def url(self) -> str:
+        """A Cluster URL naming every node as a seed."""
+        seeds = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://{seeds}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.start()
+        ports = [node.port for node in self.nodes]
+        primaries, replicas = ports[: self.primaries], ports[self.primaries :]
+        for index, port in enumerate(primaries):
+            first = index * 16384 // self.primaries
+            last = (index + 1) * 16384 // self.primaries - 1
+            _command(port, "CLUSTER", "ADDSLOTSRANGE", first, last)
+        for index, port in enumerate(ports):
+            _command(port, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
+        for node in self.nodes[1:]:
+            _command(ports[0], "CLUSTER", "MEET", "127.0.0.1", node.port, _bus_port(node))
+
+        def met() -> bool:
+            return all(len(_cluster_nodes(port)) == len(ports) for port in ports)
+
+        _until(met, timeout, "every cluster node knowing every other")
+        ids = [str(_command(port, "CLUSTER", "MYID")) for port in primaries]
+        for index, port in enumerate(replicas):
+            _command(port, "CLUSTER", "REPLICATE", ids[index % self.primaries])
+
+        def formed() -> bool:
+            for port in ports:
+                if "cluster_state:ok" not in str(_command(port, "CLUSTER", "INFO")):
+                    return False
+                if sum("slave" in n[2] for n in _cluster_nodes(port)) != len(replicas):
+                    return False
+            return all(_replication(port, "master_link_status") == "up" for port in replicas)
+
+        _until(formed, timeout, "cluster state ok with every replica in sync")
+
+    def primary_of(self, key: str) -> ServerProcess:
+        """The node serving `key`'s slot now."""
+        for node in self.nodes:
+            if node.running:
+                slot = int(_command(node.port, "CLUSTER", "KEYSLOT", key))
+                for first, last, primary, *_ in _command(node.port, "CLUSTER", "SLOTS"):
+                    if first <= slot <= last:
+                        return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise ServerError(f"no running node knows who serves {key!r}")
+
+    def flush(self) -> None:
+        """Empty every primary (FLUSHALL), for a clean test."""
+        for node in self.nodes:
+            if node.running and _replication(node.port, "role") == "master":
+                _command(node.port, "FLUSHALL")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _bus_port(node: ServerProcess) -> int:
+    return int(node.extra[node.extra.index("--cluster-port") + 1])
+
+
+def _cluster_nodes(port: int) -> list[list[str]]:
+    """CLUSTER NODES as fields per node: id, address, flags, primary id, ..."""
+    text = str(_command(port, "CLUSTER", "NODES"))
+    return [line.split() for line in text.splitlines() if line.strip()]
+
+
+class SentinelProcess(ServerProcess):
+    """A sentinel watching the primary named `service` at `primary_port`."""
+
+    def __init__(
+        self, data_dir: Path, *, service: str, primary_port: int, quorum: int,
+        down_after_ms: int, binary: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(data_dir, binary=binary)
+        self.service = service
+        self._monitor = (primary_port, quorum, down_after_ms)
+
+    def _args(self) -> list[str]:
+        primary_port, quorum, down_after_ms = self._monitor
+        config = self.data_dir / "sentinel.conf"
+        if not config.exists():  # the sentinel rewrites it as it learns; keep that on restart
+            config.write_text(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.data_dir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {primary_port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.service} {down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} {4 * down_after_ms}\n"
+            )
+        return [self._binary, str(config), "--sentinel"]
+
+
+class LocalSentinel:
+    """A primary, `replicas` replicas and `sentinels` sentinels watching them, on loopback
+    ports; for tests and benchmarks. `down_after_ms` is how long the primary may be
+    unreachable before the sentinels fail it over."""
+
+    def __init__(
+        self, data_dir: Path, *, replicas: int = 1, sentinels: int = 3,
+        service: str = "redwork", fsync: str = "everysec", down_after_ms: int = 1000,
+        binary: str | None = None,
+    ) -> None:  # fmt: skip
+        self.data_dir = Path(data_dir).absolute()
+        self.service = service
+        self.servers = [ServerProcess(self.data_dir / "server0", fsync=fsync, binary=binary)]
+        primary_port = self.servers[0].port
+        for index in range(1, replicas + 1):
+            self.servers.append(
+                ServerProcess(
+                    self.data_dir / f"server{index}",
+                    fsync=fsync,
+                    binary=binary,
+                    extra=["--replicaof", "127.0.0.1", str(primary_port)],
+                )
+            )
+        self.sentinels = [
+            SentinelProcess(
+                self.data_dir / f"sentinel{index}",
+                service=service,
+                primary_port=primary_port,
+                quorum=sentinels // 2 + 1,
+                down_after_ms=down_after_ms,
+                binary=binary,
+            )
+            for index in range(sentinels)
+        ]
+
+    @property
+    def url(self) -> str:
+        addresses = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{addresses}/{self.service}"
+
+    def primary(self) -> ServerProcess:
+        """The server the sentinels name as primary now."""
+        for sentinel in self.sentinels:
+            if sentinel.running:
+                query = ("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+                _, port = _command(sentinel.port, *query)
+                return next(s for s in self.servers if s.port == int(port))
+        raise ServerError("no sentinel is running")
+
+    def start(self, timeout: float = 30.0) -> None:
+        for process in [*self.servers, *self.sentinels]:
+            process.start()
+        replicas, peers = len(self.servers) - 1, len(self.sentinels) - 1
+
+        def watching() -> bool:
+            for sentinel in self.sentinels:
+                known = _command(sentinel.port, "SENTINEL", "REPLICAS", self.service)
+                others = _command(sentinel.port, "SENTINEL", "SENTINELS", self.service)
+                if len(known) != replicas or len(others) != peers:
+                    return False
+            links = (_replication(s.port, "master_link_status") for s in self.servers[1:])
+            return all(link == "up" for link in links)
+
+        _until(watching, timeout, "sentinels that know every replica and each other")
+
+    def flush(self) -> None:
+        _command(self.primary().port, "FLUSHALL")
+
+    def stop(self) -> None:
+        for process in [*self.sentinels, *self.servers]:
+            process.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -21,11 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import redis.asyncio
-
 from redwork import connection
 from redwork.app import Redwork, Task
-from redwork.connection import TRANSIENT, Backoff
+from redwork.connection import TRANSIENT, AsyncRedis, Backoff
 from redwork.context import JobContext, enter_job, leave_job
 from redwork.errors import SerializationError, UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms, to_json
@@ -93,10 +91,10 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="redwork-job"
         )
-        self._redis: redis.asyncio.Redis | None = None
+        self._redis: AsyncRedis | None = None
         self._registration: Registration | None = None
-        self._fetching: redis.asyncio.Redis | None = None
-        self._reporting: redis.asyncio.Redis | None = None
+        self._fetching: AsyncRedis | None = None
+        self._reporting: AsyncRedis | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -629,7 +627,7 @@ class Worker:
         return await self._call_on(self._redis, op)
 
     @staticmethod
-    async def _call_on(client: redis.asyncio.Redis | None, op: Op[T]) -> T:
+    async def _call_on(client: AsyncRedis | None, op: Op[T]) -> T:
         assert client is not None, "the worker is not running"
         return await arun(client, op)
 
