@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 import redis
+import redis.cluster
 
 from redwork import Redwork, Settings, Worker
 from redwork.queue import Queue
-from redwork.server import ServerProcess, wait_listening
+from redwork.server import LocalCluster, ServerProcess, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 # Short leases and waits keep fault tests fast; every wait in them is an event.
@@ -35,8 +36,33 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
         yield proc
 
 
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A Valkey Cluster of 3 primaries with a replica each, started on first use."""
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), fsync="always") as nodes:
+        yield nodes
+
+
 @pytest.fixture
-def redis_url(server: ServerProcess) -> Iterator[str]:
+def shape() -> str:
+    """Where a test's server runs: `server`; a test marked `cluster` runs once on the
+    server and once on the cluster (see pytest_generate_tests)."""
+    return "server"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.get_closest_marker("cluster") and "shape" in metafunc.fixturenames:
+        metafunc.parametrize("shape", ["server", "cluster"])
+
+
+@pytest.fixture
+def redis_url(shape: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    if shape == "cluster":
+        nodes: LocalCluster = request.getfixturevalue("cluster")
+        nodes.flush()
+        yield nodes.url
+        return
+    server: ServerProcess = request.getfixturevalue("server")
     if not server.running:
         server.restart()
     client = redis.Redis.from_url(server.url)
@@ -46,8 +72,14 @@ def redis_url(server: ServerProcess) -> Iterator[str]:
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
+def r(redis_url: str, shape: str, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
+    """A plain client of the test's server (on a cluster, one that routes each command
+    to the node serving its keys)."""
+    if shape == "cluster":
+        seed = request.getfixturevalue("cluster").nodes[0].port
+        client: Any = redis.cluster.RedisCluster(host="127.0.0.1", port=seed)
+    else:
+        client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
 
@@ -144,6 +176,17 @@ def spawn_worker(settings: Settings) -> Iterator[Callable[..., WorkerProcess]]:
             proc.kill(signal.SIGCONT)
             proc.kill(signal.SIGKILL)
             proc.wait()
+
+
+def blocked_fetchers(r: redis.Redis) -> int:
+    """Connections blocked in a worker's wait for work (BZPOPMIN on a marker), on every
+    node of a cluster."""
+    if isinstance(r, redis.cluster.RedisCluster):
+        lists = r.client_list(target_nodes=redis.cluster.RedisCluster.PRIMARIES).values()
+        clients = [c for node in lists for c in node]
+    else:
+        clients = r.client_list()
+    return sum(1 for c in clients if c.get("cmd") == "bzpopmin" and "b" in c.get("flags", ""))
 
 
 def until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:

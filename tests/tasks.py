@@ -13,6 +13,9 @@ from typing import Any
 from redwork import JobFailed, LeaseLost, Redwork, current_job
 
 app = Redwork("tests")
+# The stores jobs of queue `default` write, fenced or staged, keep their entries in that
+# queue's slot, as a Redis Cluster needs (see docs/deployment.md).
+STATE_PREFIX = "{default}"
 
 
 @app.task(name="add")
@@ -174,7 +177,7 @@ async def block_loop(seconds: float) -> str:
 def append_message(message_id: str, message: str, step_seconds: float = 0.0) -> int:
     """Seed 000's worker: append `message` to the stored message one character per step,
     saving each step (fenced by this job's lease). Returns the last version."""
-    store = app.state("redis-state")
+    store = app.state("redis-state", key_prefix=STATE_PREFIX)
     item = store.get(message_id)
     assert item is not None, f"no message {message_id}"
     value, etag = item.value, item.etag
@@ -189,7 +192,7 @@ def append_message(message_id: str, message: str, step_seconds: float = 0.0) -> 
 async def apply_event(key: str, event: str, seconds: float = 0.0) -> None:
     """Append `event` to the list stored under `key`; the write is staged and commits
     with the job's completion."""
-    state = app.state("events").staged()
+    state = app.state("events", key_prefix=STATE_PREFIX).staged()
     item = await state.aget(key)
     events = item.value["events"] if item else []
     await asyncio.sleep(seconds)
@@ -202,7 +205,7 @@ def fenced_steps(key: str, steps: int, step_seconds: float) -> int:
     save is fenced by the job's lease. Each save is announced on test:saved:<job id>, a
     refused one on test:refused:<job id>."""
     job = current_job()
-    store, client = app.state("steps"), app.client.redis()
+    store, client = app.state("steps", key_prefix=STATE_PREFIX), app.client.redis()
     version = 0
     for step in range(steps):
         try:
@@ -271,13 +274,15 @@ async def dag_node(node: str, deps: list[str], seconds: float) -> int:
     job = current_job()
     client = await app.client.aredis()
     await client.hincrby("test:dag:runs", node, 1)
-    seen = await app.state("dag").aget_many(deps)
+    seen = await app.state("dag", key_prefix=STATE_PREFIX).aget_many(deps)
     versions = {dep: None if item is None else item.etag for dep, item in seen.items()}
     for dep, version in versions.items():
         if version != 1:
             await client.rpush("test:dag:violations", f"{node} ran with {dep} at {version}")
     await asyncio.sleep(seconds)
-    app.state("dag").staged().save(node, {"saw": versions, "attempt": job.attempt}, etag=0)
+    app.state("dag", key_prefix=STATE_PREFIX).staged().save(
+        node, {"saw": versions, "attempt": job.attempt}, etag=0
+    )
     return job.attempt
 
 
@@ -290,7 +295,8 @@ async def client_url() -> str:
 # -- tests/test_abort.py ----------------------------------------------------------------
 # Every run of these tasks INCRs test:starts:<job id> (a count that stays) and RPUSHes
 # its attempt to test:started:<job id> (which a test BLPOPs); how the run ended is
-# RPUSHed to test:ended:<job id> on the way out.
+# RPUSHed to test:ended:<job id> on the way out. The two are pipelined, not a MULTI: on
+# a cluster the keys are in different slots (one server runs them in order anyway).
 
 
 @app.task(name="abortable_sleep")
@@ -301,7 +307,7 @@ async def abortable_sleep(seconds: float) -> str:
     client = await app.client.aredis()
     how = "returned"
     try:
-        async with client.pipeline(transaction=True) as pipe:
+        async with client.pipeline(transaction=False) as pipe:
             pipe.incr(f"test:starts:{job.id}").rpush(f"test:started:{job.id}", job.attempt)
             await pipe.execute()
         await asyncio.sleep(seconds)
@@ -322,7 +328,7 @@ def sync_abortable(mode: str, seconds: float = 20.0) -> str:
     at the end>', how being the exception's name, 'finished', 'slept' or 'timed_out'."""
     job = current_job()
     client = app.client.redis()
-    client.pipeline().incr(f"test:starts:{job.id}").rpush(
+    client.pipeline(transaction=False).incr(f"test:starts:{job.id}").rpush(
         f"test:started:{job.id}", job.attempt
     ).execute()
     how = "timed_out"
@@ -369,7 +375,7 @@ async def fail_as_aborted() -> str:
     return at once."""
     job = current_job()
     client = await app.client.aredis()
-    async with client.pipeline(transaction=True) as pipe:
+    async with client.pipeline(transaction=False) as pipe:
         pipe.incr(f"test:starts:{job.id}").rpush(f"test:started:{job.id}", job.attempt)
         await pipe.execute()
     if job.attempt == 1:
@@ -408,8 +414,9 @@ end
 
 
 def probe_keys(counter: str) -> tuple[str, str]:
-    """(runs now, most at once) of a limit_probe counter."""
-    return f"test:limits:now:{counter}", f"test:limits:peak:{counter}"
+    """(runs now, most at once) of a limit_probe counter; all in one cluster slot, for
+    the script that counts them."""
+    return f"test:{{limits}}:now:{counter}", f"test:{{limits}}:peak:{counter}"
 
 
 @app.task(name="limit_probe")

@@ -70,6 +70,7 @@ def assert_cancelled(r: redis.Redis, handle: JobHandle) -> None:
 
 
 @pytest.mark.parametrize("concurrency", [1, 10])
+@pytest.mark.cluster
 def test_a_running_async_task_is_cancelled_not_retried_and_the_worker_goes_on(
     app: Redwork,
     r: redis.Redis,

@@ -29,6 +29,7 @@ def wait_done(http: httpx.Client, job_id: str) -> dict:  # type: ignore[type-arg
     return last
 
 
+@pytest.mark.cluster
 def test_submit_runs_and_reports_a_job(
     http: httpx.Client, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -85,6 +86,7 @@ def test_cancel_a_queued_job_and_not_a_finished_one(
     assert http.post(f"/api/jobs/{done_id}/cancel").status_code == 409
 
 
+@pytest.mark.cluster
 def test_failed_jobs_are_listed_retried_and_purged(
     http: httpx.Client, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -109,6 +111,7 @@ def test_failed_jobs_are_listed_retried_and_purged(
     assert neither.status_code == 422 and "ids or all" in neither.json()["error"]
 
 
+@pytest.mark.cluster
 def test_workers_are_listed(
     http: httpx.Client, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -20,6 +20,7 @@ def new(job_id: str, key: str | None = None) -> NewJob:
     return NewJob(job_id, Envelope(id=job_id, task="t", queue=Q.name).encode(1 << 20), key)
 
 
+@pytest.mark.cluster
 def test_a_waiting_job_is_withdrawn_and_its_waiters_told(app: Redwork, r: redis.Redis) -> None:
     handle = tasks.add.enqueue(1, 2)
     handle.cancel()
@@ -36,6 +37,7 @@ def test_a_waiting_job_is_withdrawn_and_its_waiters_told(app: Redwork, r: redis.
         app.job("no-such-job").cancel()
 
 
+@pytest.mark.cluster
 def test_a_running_job_is_asked_to_abort_and_an_ended_one_is_not_cancellable(
     r: redis.Redis,
 ) -> None:

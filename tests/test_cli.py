@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import orjson
+import pytest
 import redis
 from click.testing import CliRunner
 
@@ -74,6 +75,7 @@ def test_demo_runs_end_to_end_on_its_own_embedded_server(tmp_path: Path) -> None
     assert valkey_servers_under(tmp_path) == []
 
 
+@pytest.mark.cluster
 def test_info_lists_queues_with_counts_and_live_workers(
     app: Redwork,
     redis_url: str,
@@ -135,6 +137,7 @@ def test_job_show_prints_the_job_as_json(app: Redwork, redis_url: str) -> None:
     assert "no job no-such-job" in missing.stderr
 
 
+@pytest.mark.cluster
 def test_failed_list_show_retry_and_purge(
     app: Redwork,
     redis_url: str,

@@ -66,6 +66,7 @@ def offline_app() -> Redwork:
 # -- enqueue and results, sync ------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_sync_enqueue_then_result_with_a_running_worker(
     app: Redwork, thread_worker: Worker
 ) -> None:
@@ -137,6 +138,7 @@ def test_enqueue_many_encodes_everything_before_storing_anything(
 # -- handles ------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_handle_status_and_info_follow_the_job(app: Redwork, r: redis.Redis) -> None:
     handle = tasks.add.options(retries=2).enqueue(3, 4)
     info = handle.info()
@@ -176,6 +178,7 @@ def test_options_route_to_another_queue_and_name_the_job(app: Redwork, r: redis.
     assert handle.info().envelope.queue == "other"  # type: ignore[union-attr]
 
 
+@pytest.mark.cluster
 def test_second_enqueue_with_same_job_id_creates_no_second_job(
     app: Redwork, r: redis.Redis
 ) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
+import pytest
 import redis
 
 from redwork import Redwork
@@ -20,12 +21,13 @@ from tests.conftest import WorkerProcess
 Q = Queue("default")
 
 
+@pytest.mark.cluster
 def test_seed_000_the_same_event_sent_to_two_workers_at_once_applies_once(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
     for _ in range(2):
         spawn_worker()
-    store = app.state("redis-state")
+    store = app.state("redis-state", key_prefix=tasks.STATE_PREFIX)
     with ThreadPoolExecutor(2) as publishers:
         for round_ in range(20):
             store.delete("m-1")
@@ -38,7 +40,7 @@ def test_seed_000_the_same_event_sent_to_two_workers_at_once_applies_once(
             item = store.get("m-1")
             assert item is not None
             assert (item.value, item.etag) == ({"id": "m-1", "message": "hello! gopher"}, 8)
-    assert r.hgetall("tests||m-1") == {
+    assert r.hgetall("{default}||m-1") == {
         b"data": b'{"id":"m-1","message":"hello! gopher"}',
         b"version": b"8",
     }
@@ -66,6 +68,7 @@ def running_job_holder(r: redis.Redis, workers: list[WorkerProcess]) -> int | No
     return None
 
 
+@pytest.mark.cluster
 def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -95,7 +98,7 @@ def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
                 workers[victim] = spawn_worker(max_losses=1000)
     for handle in handles:
         handle.result(timeout=120)
-    store = app.state("events")
+    store = app.state("events", key_prefix=tasks.STATE_PREFIX)
     states = store.get_many(keys)
     for key in keys:
         item = states[key]
@@ -113,7 +116,7 @@ def test_duplicates_and_sigkills_leave_every_key_as_one_sequential_pass(
 def test_a_stale_worker_that_wakes_up_cannot_write_state(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
-    store = app.state("steps")
+    store = app.state("steps", key_prefix=tasks.STATE_PREFIX)
     stale = spawn_worker()
     handle = tasks.fenced_steps.enqueue("k", 3, 0.5)
     # The first save (version 1) is made; the worker sleeps before the second.

@@ -22,7 +22,7 @@ from redwork.job import JobRecord
 from redwork.limits import Limit, LimitError, parse_rate
 from redwork.queue import Queue, run
 from tests import tasks
-from tests.conftest import WorkerProcess, job_events, until, wait_for_event
+from tests.conftest import WorkerProcess, blocked_fetchers, job_events, until, wait_for_event
 
 Q = Queue("default")
 PROBE_SCOPE = "task:limit_probe"
@@ -30,13 +30,6 @@ SpawnWorker = Callable[..., WorkerProcess]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def idle_fetchers(r: redis.Redis) -> int:
-    """Connections blocked in a worker's wait for work (BZPOPMIN on the marker)."""
-    return sum(
-        1 for c in r.client_list() if c.get("cmd") == "bzpopmin" and "b" in c.get("flags", "")
-    )
 
 
 def peak(r: redis.Redis, counter: str) -> int:
@@ -90,6 +83,7 @@ async def started(r: redis.Redis, handle: JobHandle, timeout: float = 15.0) -> i
 # -- concurrency across worker processes --------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_a_concurrency_limit_holds_across_four_worker_processes(
     app: Redwork, r: redis.Redis, spawn_worker: SpawnWorker
 ) -> None:
@@ -97,7 +91,7 @@ def test_a_concurrency_limit_holds_across_four_worker_processes(
     for _ in range(4):
         spawn_worker(concurrency=10)
     # All four wait for work (40 free slots) when the 100 jobs arrive at once.
-    until(lambda: idle_fetchers(r) >= 4, 30.0, "four idle workers")
+    until(lambda: blocked_fetchers(r) >= 4, 30.0, "four idle workers")
     handles = app.enqueue_many(tasks.limit_probe.prepare(["c3"], 0.05) for _ in range(100))
 
     for h in handles:
@@ -123,7 +117,7 @@ def test_a_rate_limit_of_50_per_second_holds_within_5_percent_over_10_seconds(
     app.set_limit("default", "task:limit_noop", rate="50/s")
     spawn_worker(concurrency=10)
     spawn_worker(concurrency=10)
-    until(lambda: idle_fetchers(r) >= 2, 30.0, "two idle workers")
+    until(lambda: blocked_fetchers(r) >= 2, 30.0, "two idle workers")
     handles = app.enqueue_many(tasks.limit_noop.prepare() for _ in range(700))
 
     # 551 starts take 11 windows of a second: by then the first 10 s are complete.
@@ -144,6 +138,7 @@ def test_a_rate_limit_of_50_per_second_holds_within_5_percent_over_10_seconds(
 # -- group concurrency --------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_group_limit_counts_each_group_separately(
     app: Redwork, r: redis.Redis, worker: Worker
 ) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis
 import websockets
 
@@ -35,6 +36,7 @@ def states(messages: list[dict[str, Any]]) -> list[str]:
     return [m["state"] for m in messages if m["type"] == "job"]
 
 
+@pytest.mark.cluster
 async def test_a_job_is_followed_over_websocket_from_queued_to_done(
     app: Redwork, api: ApiProcess, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -83,6 +85,7 @@ async def test_a_late_subscriber_gets_the_final_state_at_once(
     await app.client.aclose()
 
 
+@pytest.mark.cluster
 async def test_a_set_of_jobs_and_the_firehose(
     app: Redwork, api: ApiProcess, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:

@@ -121,6 +121,7 @@ def meta_of(r: redis.Redis, queue: Queue, job_id: str) -> dict[str, Any]:
 # -- one job per tick, four scheduler processes -------------------------------------------
 
 
+@pytest.mark.cluster
 def test_four_scheduler_processes_enqueue_exactly_one_job_per_tick(
     app: Redwork, r: redis.Redis, spawn_scheduler: Callable[[], SchedulerProcess]
 ) -> None:
@@ -312,6 +313,7 @@ def declared(app: Redwork) -> Iterator[Schedule]:
         app.schedules.pop("declared-tick", None)
 
 
+@pytest.mark.cluster
 async def test_a_worker_stores_the_declared_schedules_and_runs_their_jobs(
     app: Redwork, r: redis.Redis, declared: Schedule
 ) -> None:

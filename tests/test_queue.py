@@ -193,6 +193,7 @@ def test_stale_token_after_new_owner_completed_keeps_its_result(r: redis.Redis, 
 # -- fail ---------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_fail_with_retry_delays_then_a_later_fetch_promotes_it(r: redis.Redis, q: Queue) -> None:
     enqueue(r, q, "a", "b")
     a, b = fetch(r, q, 2)
@@ -289,6 +290,7 @@ def test_jobs_handed_back_together_keep_their_order(r: redis.Redis, q: Queue) ->
 # -- recover ------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_recover_takes_back_expired_leases_only(r: redis.Redis, q: Queue) -> None:
     enqueue(r, q, "a", "b", "c")
     a = fetch_one(r, q, lease_ms=1)
@@ -417,6 +419,7 @@ def test_a_raw_entry_never_overwrites_a_job_named_like_one(r: redis.Redis, q: Qu
 # -- counts -------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_counts_add_up(r: redis.Redis, q: Queue) -> None:
     enqueue(r, q, *(f"j{i}" for i in range(10)))
     d = fetch(r, q, 6)
@@ -453,6 +456,7 @@ def test_stats_failed_counts_jobs_buried_by_fetch(r: redis.Redis, q: Queue) -> N
 # -- keys and names -----------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_every_key_of_a_queue_carries_its_hash_tag(r: redis.Redis) -> None:
     q, other = Queue("tagged.q-1"), Queue("other")
     for queue in (q, other):
@@ -468,7 +472,7 @@ def test_every_key_of_a_queue_carries_its_hash_tag(r: redis.Redis) -> None:
         run(r, queue.retry_failed())
         run(r, queue.counts())
 
-    keys = {k.decode() for k in r.keys("*")} - {QUEUES_KEY}
+    keys = {k.decode() for k in r.scan_iter("*")} - {QUEUES_KEY}  # every node of a cluster
     for queue in (q, other):
         mine = {k for k in keys if f"{{{queue.name}}}" in k}
         assert {queue.wait, queue.events, queue.stats, queue.seq, queue.failed} <= mine

@@ -247,6 +247,7 @@ def terminate(*workers: WorkerProcess) -> None:
 # -- worker crashes -------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_sigkilled_worker_loses_no_job_and_only_its_held_jobs_run_again(
     app: Redwork,
     r: redis.Redis,

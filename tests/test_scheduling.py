@@ -23,6 +23,7 @@ from tests import tasks
 from tests.conftest import (
     ApiProcess,
     WorkerProcess,
+    blocked_fetchers,
     count_events,
     stop_worker,
     until,
@@ -43,13 +44,6 @@ woken by the enqueue and by the job's due time, not by its periodic check-in."""
 async def event(r: redis.Redis, name: str, job_id: str | None = None, **kw: Any) -> dict[str, str]:
     """wait_for_event without blocking the loop an in-process worker runs on."""
     return await asyncio.to_thread(wait_for_event, r, "default", name, job_id, **kw)
-
-
-def blocked_fetchers(r: redis.Redis) -> int:
-    """Connections blocked in a worker's wait for work (BZPOPMIN on the marker)."""
-    return sum(
-        1 for c in r.client_list() if c.get("cmd") == "bzpopmin" and "b" in c.get("flags", "")
-    )
 
 
 @contextlib.asynccontextmanager
@@ -103,6 +97,7 @@ def mixed_priorities(n: int = 50, seed: int = 6) -> list[int]:
 # -- delayed jobs -----------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_a_countdown_job_is_delayed_and_an_idle_worker_starts_it_when_due(
     app: Redwork, r: redis.Redis
 ) -> None:
@@ -188,6 +183,7 @@ async def test_a_cancelled_delayed_job_never_starts(app: Redwork, r: redis.Redis
     assert run(r, Q.counts()).stats["cancelled"] == 1
 
 
+@pytest.mark.cluster
 async def test_a_delayed_keyed_job_does_not_hold_its_key_and_joins_its_line_when_due(
     app: Redwork, r: redis.Redis, worker: Worker
 ) -> None:
@@ -271,6 +267,7 @@ def test_fetch_takes_the_highest_priority_first_and_fifo_within_one(
     assert r.zcard(Q.levels) == 0
 
 
+@pytest.mark.cluster
 def test_a_worker_starts_jobs_by_priority(
     app: Redwork, r: redis.Redis, spawn_worker: Callable[..., WorkerProcess]
 ) -> None:
@@ -374,6 +371,7 @@ def test_a_priority_job_whose_worker_died_goes_back_to_the_front_of_its_level(
 # -- unique jobs ------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 def test_unique_reject_keeps_the_first_job_and_names_it(app: Redwork, r: redis.Redis) -> None:
     first = tasks.add.options(unique_key="u").enqueue(1, 2)
     again = tasks.add.options(unique_key="u").enqueue(3, 4)

@@ -160,6 +160,8 @@ def test_key_prefix_separates_stores(goapp: Redwork, r: redis.Redis) -> None:
 # -- fencing and staged writes, at the level of the scripts ---------------------------
 
 Q = Queue("default")
+IN_QUEUE_SLOT = f"{{{Q.name}}}"
+"""A key prefix that keeps a store's entries in the slot of Q, as a cluster needs."""
 
 
 def lease_one(r: redis.Redis, job_id: str = "j") -> tuple[str, int]:
@@ -169,9 +171,10 @@ def lease_one(r: redis.Redis, job_id: str = "j") -> tuple[str, int]:
     return delivery.id, delivery.token
 
 
+@pytest.mark.cluster
 def test_writes_from_a_job_are_fenced_by_its_lease(goapp: Redwork, r: redis.Redis) -> None:
     job_id, token = lease_one(r)
-    store = goapp.state("s")
+    store = goapp.state("s", key_prefix=IN_QUEUE_SLOT)
     context = JobContext(job_id, Q.name, 1, 1, "w", token)
     entered = enter_job(context)
     try:
@@ -193,9 +196,10 @@ def test_writes_from_a_job_are_fenced_by_its_lease(goapp: Redwork, r: redis.Redi
     assert item is not None and (item.value, item.etag) == ("current delivery", 1)
 
 
+@pytest.mark.cluster
 def test_staged_writes_commit_with_the_completion_once(goapp: Redwork, r: redis.Redis) -> None:
     job_id, token = lease_one(r)
-    key = goapp.state("s").redis_key("k")
+    key = goapp.state("s", key_prefix=IN_QUEUE_SLOT).redis_key("k")
     writes = [StateWrite(key, b'"v"', None)]
     done = Completion(job_id, token, b"null", writes)
     assert run(r, Q.complete([done], 60)) == [Code.OK]

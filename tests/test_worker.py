@@ -57,6 +57,7 @@ async def running_worker(
 # -- results ------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_async_and_sync_tasks_return_results(app: Redwork, worker: Worker) -> None:
     a = await tasks.add.aenqueue(2, 3)
     s = await tasks.sync_add.aenqueue(x=4, y=5)
@@ -98,6 +99,7 @@ async def test_task_failing_twice_then_succeeding_is_retried(
     assert (info.state, info.attempt) == (JobState.COMPLETED, 3)
 
 
+@pytest.mark.cluster
 async def test_exhausted_retries_end_in_failed_store_then_retry_failed_runs_it_again(
     app: Redwork, worker: Worker, r: redis.Redis
 ) -> None:
@@ -118,6 +120,7 @@ async def test_exhausted_retries_end_in_failed_store_then_retry_failed_runs_it_a
     assert count_events(r, "default", "active") == 6
 
 
+@pytest.mark.cluster
 async def test_async_timeout_fails_with_reason_timeout(app: Redwork, worker: Worker) -> None:
     handle = await tasks.sleep.options(timeout=0.2).aenqueue(30)
     info = await failed_record(handle)
@@ -237,6 +240,7 @@ async def test_base_exception_in_task_is_a_retryable_failure_and_worker_survives
 # -- stopping -----------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_graceful_stop_hands_running_jobs_back_with_attempt_unchanged(
     app: Redwork, r: redis.Redis
 ) -> None:
@@ -358,6 +362,7 @@ async def test_stop_hands_back_jobs_fetched_but_not_yet_started(
 # -- prefetch -----------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_prefetch_leases_jobs_beyond_free_slots_and_starts_them_as_slots_free(
     app: Redwork, r: redis.Redis
 ) -> None:

@@ -114,7 +114,7 @@ def test_a_random_dag_runs_in_order_and_applies_each_effect_once_under_sigkills(
     assert r.lrange("test:dag:violations", 0, -1) == []
     # Each effect was applied once (version 1), by the run whose completion was recorded,
     # and that run saw each of its dependencies' effects applied once.
-    effects = app.state("dag").get_many(deps)
+    effects = app.state("dag", key_prefix=tasks.STATE_PREFIX).get_many(deps)
     for node_id, item in effects.items():
         assert item is not None, node_id
         assert item.etag == 1, node_id

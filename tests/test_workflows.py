@@ -32,6 +32,7 @@ def states(handle: object) -> list[JobState]:
     return [n.state for n in handle.info().nodes]  # type: ignore[attr-defined]
 
 
+@pytest.mark.cluster
 async def test_chain_passes_each_result_to_the_next_step(app: Redwork, worker: Worker) -> None:
     handle = app.submit(chain(add.s(1, 2), add.s(10), add.s(100)))
     assert await handle.aresult(WAIT) == 113
@@ -86,6 +87,7 @@ async def test_group_results_come_in_member_order(app: Redwork, worker: Worker) 
     assert await handle.aresult(WAIT) == [2 * i for i in range(20)]
 
 
+@pytest.mark.cluster
 async def test_chord_callback_gets_the_members_results(app: Redwork, worker: Worker) -> None:
     handle = app.submit(chord(group(add.s(i, 1) for i in range(10)), total.s(plus=1000)))
     assert await handle.aresult(WAIT) == sum(range(1, 11)) + 1000
@@ -134,6 +136,7 @@ async def test_a_failed_branch_skips_only_what_depends_on_it(app: Redwork, worke
     assert info.nodes[1].reason == "bad_arguments"
 
 
+@pytest.mark.cluster
 async def test_diamond_gives_the_join_its_inputs_in_dependency_order(
     app: Redwork, worker: Worker
 ) -> None:
@@ -165,6 +168,7 @@ async def test_a_retried_failed_node_reopens_its_workflow(
     assert (await handle.ainfo()).counts["skipped"] == 0
 
 
+@pytest.mark.cluster
 async def test_cancelling_a_workflow_cancels_what_has_not_started(
     app: Redwork, worker: Worker, r: redis.Redis
 ) -> None:

@@ -79,6 +79,11 @@ class Client:
                 self._url = connection.resolve_url(self.settings)
             return self._url
 
+    @property
+    def cluster(self) -> bool:
+        """Whether the server is a Redis Cluster (by the URL's form)."""
+        return connection.parse_target(self.url).shape == "cluster"
+
     def queue(self, name: str) -> Queue:
         queue = self._queues.get(name)
         if queue is None:

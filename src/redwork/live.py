@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
+import redis.asyncio.cluster
 
 from redwork.connection import TRANSIENT, AsyncRedis, Backoff
 from redwork.job import JobRecord
@@ -182,6 +183,10 @@ class Hub:
             client = self._connect()
             pubsub = client.pubsub()
             try:
+                if isinstance(client, redis.asyncio.cluster.RedisCluster):
+                    # Its pub/sub picks a node from the slot map, which a new client has not
+                    # read yet. Any node will do: a PUBLISH reaches every node of a cluster.
+                    await client.initialize()
                 await pubsub.psubscribe(EVENTS_PATTERN)
                 while (message := await pubsub.get_message(timeout=10)) is None or message[
                     "type"

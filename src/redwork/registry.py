@@ -41,8 +41,9 @@ class Registration:
             pipe.expire(self.key, self.ttl)
             # Listed before it is announced: whoever hears "started" finds it.
             pipe.zadd(WORKERS_KEY, {self.id: now_ms()})
-            pipe.publish(WORKERS_CHANNEL, orjson.dumps({"event": "started", **self.info}))
             await pipe.execute()
+        # Apart: a cluster pipeline refuses PUBLISH (it has no key to route by).
+        await self.client.publish(WORKERS_CHANNEL, orjson.dumps({"event": "started", **self.info}))
 
     async def refresh(self, counters: Mapping[str, int]) -> None:
         now = now_ms()
@@ -59,9 +60,9 @@ class Registration:
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.zrem(WORKERS_KEY, self.id)
             pipe.delete(self.key)
-            stopped = {"event": "stopped", "id": self.id, **counters}
-            pipe.publish(WORKERS_CHANNEL, orjson.dumps(stopped))
             await pipe.execute()
+        stopped = {"event": "stopped", "id": self.id, **counters}
+        await self.client.publish(WORKERS_CHANNEL, orjson.dumps(stopped))
 
 
 LiveWorker = tuple[str, float, dict[str, str]]

@@ -15,6 +15,8 @@ from redwork.connection import TRANSIENT, AsyncRedis, Backoff
 from redwork.queue import Completion, Failure, Queue, arun
 from redwork.scripts import Code
 
+# What the server (or, for keys of several cluster slots, redis-py) refuses for good.
+REFUSED = (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException)
 log = logging.getLogger("redwork.worker")
 
 
@@ -90,7 +92,7 @@ class Reporter:
                 batch = completed[:]
                 try:
                     codes = await arun(client, queue.complete(batch, self.result_ttl))
-                except redis.exceptions.ResponseError as exc:
+                except REFUSED as exc:
                     if isinstance(exc, TRANSIENT):
                         raise
                     codes = await self._complete_one_by_one(client, queue, batch)
@@ -114,7 +116,7 @@ class Reporter:
             try:
                 reply = await arun(client, queue.complete([completion], self.result_ttl))
                 codes += reply
-            except redis.exceptions.ResponseError as exc:
+            except REFUSED as exc:
                 if isinstance(exc, TRANSIENT):
                     raise
                 log.error(

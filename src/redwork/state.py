@@ -18,8 +18,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from redis.crc import key_slot
 
-from redwork.context import running_job
+from redwork.context import JobContext, running_job
 from redwork.errors import LeaseLost, RedworkError, StateConflict
 from redwork.job import check_key, to_json
 from redwork.queue import Op, Queue, StateWrite, text
@@ -65,6 +66,17 @@ class StateStore:
     def redis_key(self, key: str) -> str:
         return f"{self.key_prefix}||{check_key('state key', key)}"
 
+    def check_slot(self, redis_key: str, job: JobContext) -> None:
+        """A fenced or staged write runs in one script with the job's hash: on a cluster
+        its entry must be in the queue's slot. Refused here, in the task, by name."""
+        job_key = Queue(job.queue).job_key(job.id)
+        if self.client.cluster and key_slot(redis_key.encode()) != key_slot(job_key.encode()):
+            raise RedworkError(
+                f"state store {self.name!r}: entry {redis_key!r} is in another Redis Cluster "
+                f"slot than queue {job.queue!r}, so a job of that queue cannot write it "
+                f"atomically; give the store key_prefix='{{{job.queue}}}' (see docs/deployment.md)"
+            )
+
     # -- operations as data, shared by the sync and async methods ----------------------
 
     def _read(self, key: str) -> Op[StateItem | None]:
@@ -77,6 +89,15 @@ class StateStore:
             args += write.as_args()
         # KEYS[1] is the job's hash when fenced; otherwise any key of the call will do.
         fence = writes[0].key if job is None else Queue(job.queue).job_key(job.id)
+        if job is not None:
+            for write in writes:
+                self.check_slot(write.key, job)
+        elif self.client.cluster and len({key_slot(w.key.encode()) for w in writes}) > 1:
+            raise RedworkError(
+                f"state store {self.name!r}: the entries {', '.join(map(repr, keys))} are in "
+                "different Redis Cluster slots and cannot be written all or none; give the "
+                "store a key_prefix with a hash tag, such as '{orders}'"
+            )
 
         def parse(reply: list[Any]) -> list[int]:
             code = Code(reply[0])
@@ -206,6 +227,9 @@ class StagedState:
 
     def _stage(self, key: str, value: bytes | None, etag: int | None) -> None:
         redis_key = self.store.redis_key(key)
+        job = running_job()
+        if job is not None:
+            self.store.check_slot(redis_key, job)
         earlier = self._staged.get(redis_key)
         if earlier is not None and earlier.etag is not None:
             etag = earlier.etag

@@ -21,6 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import redis.asyncio.cluster
+from redis.crc import key_slot
+
 from redwork import connection
 from redwork.app import Redwork, Task
 from redwork.connection import TRANSIENT, AsyncRedis, Backoff
@@ -271,10 +274,33 @@ class Worker:
             timeout = max(next_due_ms / 1000, 0.001)
         try:
             # Losing a popped marker to a stop is harmless: markers only wake.
-            await self._unless_stopped(self._fetching.bzpopmin(markers, timeout))
+            await self._unless_stopped(self._block_on(markers, timeout))
         finally:
             if alarm is not None:
                 alarm.cancel()
+
+    async def _block_on(self, markers: list[str], timeout: float) -> None:
+        """One BZPOPMIN over every marker; on a cluster, where one command may only name
+        keys of one slot, one per slot at once, and the first to wake ends the others
+        (each cancelled call drops its connection, so this costs a reconnect per slot
+        on each wake of a worker serving queues in several slots)."""
+        assert self._fetching is not None
+        if not isinstance(self._fetching, redis.asyncio.cluster.RedisCluster):
+            await self._fetching.bzpopmin(markers, timeout)
+            return
+        by_slot: dict[int, list[str]] = defaultdict(list)
+        for marker in markers:
+            by_slot[key_slot(marker.encode())].append(marker)
+        fetching = self._fetching
+        waits = [asyncio.ensure_future(fetching.bzpopmin(m, timeout)) for m in by_slot.values()]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.wait(waits)
+        for wait in done:
+            wait.result()  # a server that is away raises here, for the fetch loop's backoff
 
     async def _set_markers_in(self, seconds: float, markers: list[str]) -> None:
         await asyncio.sleep(seconds)
