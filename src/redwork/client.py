@@ -24,7 +24,19 @@ from redwork.errors import (
     WorkflowNotFound,
 )
 from redwork.job import Envelope, JobRecord, JobState
-from redwork.queue import QUEUES_KEY, NewJob, Op, Queue, arun, arun_many, run, run_many
+from redwork.queue import (
+    QUEUES_KEY,
+    Durability,
+    NewJob,
+    Op,
+    Queue,
+    arun,
+    arun_durably,
+    arun_many,
+    run,
+    run_durably,
+    run_many,
+)
 from redwork.scripts import Code
 from redwork.settings import Settings
 from redwork.workflow import Plan, WorkflowRecord
@@ -107,6 +119,15 @@ class Client:
         reconnect_for: unlike a write, a read whose reply was lost is safe to repeat."""
         return self._retrying(partial(run_many, self.redis(), ops), what)
 
+    def write(self, ops: Sequence[Op[T]], what: str) -> list[T]:
+        """Run ops that store jobs (each safe to repeat: a job or workflow id is stored
+        once), retrying while the server is away; with durable acknowledgement
+        (ack_replicas, ack_fsync), only once the server has made them durable."""
+        client, durability = self.redis(), Durability.asked(self.settings)
+        if durability is None:
+            return self._retrying(partial(run_many, client, ops), what)
+        return self._retrying(partial(run_durably, client, ops, durability), what)
+
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         """Store jobs; returns their ids. A job whose id exists already is not added
         again (the id is returned all the same); nor is one whose idempotency key was
@@ -114,7 +135,7 @@ class Client:
         plan = self._plan_enqueue(envelopes)
         if plan.new_queues:
             self.redis().sadd(QUEUES_KEY, *plan.new_queues)
-        replies = self._retrying(partial(run_many, self.redis(), plan.ops), "enqueue")
+        replies = self.write(plan.ops, "enqueue")
         return self._enqueued(plan, replies)
 
     def job(self, queue: str, job_id: str) -> JobRecord:
@@ -169,7 +190,7 @@ class Client:
             self.redis().sadd(QUEUES_KEY, plan.queue)
             self._known_queues.add(plan.queue)
         op = self._submit(plan, name)
-        return _submitted(plan, self._retrying(partial(self.run, op), "submit a workflow"))
+        return _submitted(plan, self.write([op], "submit a workflow")[0])
 
     def workflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
         return _workflow_found(
@@ -222,12 +243,19 @@ class Client:
         client = await self.aredis()
         return await self._aretrying(partial(arun_many, client, ops), what)
 
+    async def awrite(self, ops: Sequence[Op[T]], what: str) -> list[T]:
+        """The async twin of write()."""
+        client, durability = await self.aredis(), Durability.asked(self.settings)
+        if durability is None:
+            return await self._aretrying(partial(arun_many, client, ops), what)
+        return await self._aretrying(partial(arun_durably, client, ops, durability), what)
+
     async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         plan = self._plan_enqueue(envelopes)
         client = await self.aredis()
         if plan.new_queues:
             await client.sadd(QUEUES_KEY, *plan.new_queues)
-        replies = await self._aretrying(partial(arun_many, client, plan.ops), "enqueue")
+        replies = await self.awrite(plan.ops, "enqueue")
         return self._enqueued(plan, replies)
 
     async def ajob(self, queue: str, job_id: str) -> JobRecord:
@@ -274,8 +302,7 @@ class Client:
             await client.sadd(QUEUES_KEY, plan.queue)
             self._known_queues.add(plan.queue)
         op = self._submit(plan, name)
-        reply = await self._aretrying(partial(arun, client, op), "submit a workflow")
-        return _submitted(plan, reply)
+        return _submitted(plan, (await self.awrite([op], "submit a workflow"))[0])
 
     async def aworkflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
         reply = await self.arun(self.queue(queue).workflow(workflow_id))

@@ -23,7 +23,12 @@ import redis.sentinel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from redwork.errors import ConfigurationError, ServerPolicyError, ServerVersionError
+from redwork.errors import (
+    ConfigurationError,
+    NotDurable,
+    ServerPolicyError,
+    ServerVersionError,
+)
 from redwork.settings import Settings
 
 T = TypeVar("T")
@@ -46,6 +51,7 @@ TRANSIENT = (
     redis.exceptions.ClusterDownError,
     redis.exceptions.ClusterError,
     redis.exceptions.SlotNotCoveredError,
+    NotDurable,
 )
 
 

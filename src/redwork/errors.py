@@ -89,3 +89,9 @@ class WorkflowError(RedworkError):
 
 class WorkflowNotFound(RedworkError):
     """No workflow with that id exists (it never did, or it expired after ending)."""
+
+
+class NotDurable(RedworkError):
+    """A write was applied but not confirmed on as many replicas (or AOF files) as the
+    durable acknowledgement settings ask within ack_timeout. Safe to repeat: callers
+    retry it like a server that is away."""

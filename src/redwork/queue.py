@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 import redis
@@ -18,8 +18,12 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from redwork.connection import AsyncRedis, SyncRedis
+from redwork.errors import NotDurable
 from redwork.job import Envelope, JobRecord, check_name
 from redwork.scripts import Code, Script, load
+
+if TYPE_CHECKING:
+    from redwork.settings import Settings
 
 T = TypeVar("T")
 KEY_ROOT = "rw"
@@ -184,6 +188,111 @@ async def _arun_on_cluster(
             parsed = _cluster_reply(op, reply)
             results.append(await arun(client, op) if parsed is None else parsed)
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """Wait after writes until `replicas` replicas have them (WAIT) and, with `fsync`,
+    until they are in the AOF on disk here and on those replicas (WAITAOF)."""
+
+    replicas: int
+    fsync: bool
+    timeout_ms: int
+
+    @classmethod
+    def asked(cls, settings: Settings) -> Durability | None:
+        """The durability the settings ask for; None when they ask for none."""
+        if settings.ack_replicas == 0 and not settings.ack_fsync:
+            return None
+        timeout_ms = max(1, int(settings.ack_timeout * 1000))
+        return cls(settings.ack_replicas, settings.ack_fsync, timeout_ms)
+
+    def command(self) -> tuple[str | int, ...]:
+        if self.fsync:
+            return ("WAITAOF", 1, self.replicas, self.timeout_ms)
+        return ("WAIT", self.replicas, self.timeout_ms)
+
+    def check(self, reply: Any) -> None:
+        if isinstance(reply, Exception):
+            raise reply
+        local, replicas = (int(reply[0]), int(reply[1])) if self.fsync else (1, int(reply))
+        if local < 1 or replicas < self.replicas:
+            where = f"{replicas} of {self.replicas} replicas"
+            if self.fsync:
+                where += ", the local AOF" if local else ", not the local AOF"
+            raise NotDurable(f"a write reached {where} within {self.timeout_ms} ms")
+
+
+def _durable_round(
+    client: SyncRedis | AsyncRedis, pipe: Any, ops: list[Op[T]], durability: Durability
+) -> None:
+    """Queue `ops` and the wait on `pipe`. WAIT counts the writes of its own connection,
+    so it must travel with them: on a cluster, one per node, addressed to that node."""
+    for op in ops:
+        pipe.execute_command(*_command(op))
+    if isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster):
+        nodes: dict[str, Any] = {}
+        for op in ops:
+            node = client.get_node_from_key(op.keys[0])
+            if node is not None:  # None: a slot map being rebuilt; the writes fail too
+                nodes[node.name] = node
+        for node in nodes.values():
+            pipe.execute_command(*durability.command(), target_nodes=node)
+    else:
+        pipe.execute_command(*durability.command())
+
+
+def _durable_replies(
+    ops: list[Op[T]], replies: list[Any], durability: Durability, results: dict[int, T],
+    indexes: list[int],
+) -> list[int]:  # fmt: skip
+    """Record the parsed replies; returns the indexes of ops whose script the server did
+    not have (not applied: to send again once it is loaded)."""
+    for wait in replies[len(ops) :]:
+        durability.check(wait)
+    missing = []
+    for index, op, reply in zip(indexes, ops, replies, strict=False):
+        parsed = _cluster_reply(op, reply)
+        if parsed is None:
+            missing.append(index)
+        else:
+            results[index] = parsed
+    return missing
+
+
+def run_durably(client: SyncRedis, ops: Sequence[Op[T]], durability: Durability) -> list[T]:
+    """run_many() for script ops whose writes must be durable before this returns;
+    NotDurable if the server could not make them so in time (they stay applied)."""
+    results: dict[int, T] = {}
+    for start in range(0, len(ops), CLUSTER_BATCH):
+        indexes = list(range(start, min(start + CLUSTER_BATCH, len(ops))))
+        while indexes:
+            batch = [ops[i] for i in indexes]
+            pipe = client.pipeline(transaction=False)
+            _durable_round(client, pipe, batch, durability)
+            replies = pipe.execute(raise_on_error=False)
+            indexes = _durable_replies(batch, replies, durability, results, indexes)
+            for script in {ops[i].script for i in indexes}:
+                if script is not None:
+                    client.script_load(script.source)
+    return [results[i] for i in range(len(ops))]
+
+
+async def arun_durably(client: AsyncRedis, ops: Sequence[Op[T]], durability: Durability) -> list[T]:
+    """The async twin of run_durably()."""
+    results: dict[int, T] = {}
+    for start in range(0, len(ops), CLUSTER_BATCH):
+        indexes = list(range(start, min(start + CLUSTER_BATCH, len(ops))))
+        while indexes:
+            batch = [ops[i] for i in indexes]
+            pipe = client.pipeline(transaction=False)
+            _durable_round(client, pipe, batch, durability)
+            replies = await pipe.execute(raise_on_error=False)
+            indexes = _durable_replies(batch, replies, durability, results, indexes)
+            for script in {ops[i].script for i in indexes}:
+                if script is not None:
+                    await client.script_load(script.source)
+    return [results[i] for i in range(len(ops))]
 
 
 @dataclass(frozen=True, slots=True)

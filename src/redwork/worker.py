@@ -31,7 +31,7 @@ from redwork.context import JobContext, enter_job, leave_job
 from redwork.errors import SerializationError, UnknownTask
 from redwork.job import Call, FailureReason, RetryPolicy, new_job_id, now_ms, to_json
 from redwork.limits import set_limit
-from redwork.queue import Completion, Delivery, Failure, Op, Queue, arun, text
+from redwork.queue import Completion, Delivery, Durability, Failure, Op, Queue, arun, text
 from redwork.registry import Registration
 from redwork.reporter import Reporter
 from redwork.schedule import Scheduler
@@ -90,7 +90,12 @@ class Worker:
         self._stop = asyncio.Event()
         self._hard_stop = asyncio.Event()
         self._services_done = asyncio.Event()
-        self._reporter = Reporter(self.queues, self.settings.result_ttl, self.settings.lease)
+        self._reporter = Reporter(
+            self.queues,
+            self.settings.result_ttl,
+            self.settings.lease,
+            Durability.asked(self.settings),
+        )
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="redwork-job"
         )
