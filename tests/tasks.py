@@ -199,6 +199,13 @@ async def apply_event(key: str, event: str, seconds: float = 0.0) -> None:
     state.save(key, {"events": [*events, event]}, etag=item.etag if item else None)
 
 
+@app.task(name="stage_in_store")
+def stage_in_store(key_prefix: str, key: str) -> str:
+    """Stage a write to `key` of a store with that key prefix (committed with the job)."""
+    app.state("staging", key_prefix=key_prefix).staged().save(key, current_job().id)
+    return "staged"
+
+
 @app.task(name="fenced_steps")
 def fenced_steps(key: str, steps: int, step_seconds: float) -> int:
     """Save {step, worker} under `key` `steps` times, sleeping after each save; every

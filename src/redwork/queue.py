@@ -213,6 +213,10 @@ class Durability:
         return ("WAIT", self.replicas, self.timeout_ms)
 
     def check(self, reply: Any) -> None:
+        if isinstance(reply, redis.exceptions.ResponseError):
+            # Such as a wait sent to a node that was the primary when the slot map was
+            # read and is a replica now (its writes were redirected): try again.
+            raise NotDurable(f"the server could not confirm a write: {reply}")
         if isinstance(reply, Exception):
             raise reply
         local, replicas = (int(reply[0]), int(reply[1])) if self.fsync else (1, int(reply))
@@ -269,7 +273,14 @@ def run_durably(client: SyncRedis, ops: Sequence[Op[T]], durability: Durability)
         while indexes:
             batch = [ops[i] for i in indexes]
             pipe = client.pipeline(transaction=False)
-            _durable_round(client, pipe, batch, durability)
+            try:
+                _durable_round(client, pipe, batch, durability)
+            except redis.exceptions.SlotNotCoveredError:
+                # Our own look-up, not the client's commands, found a slot without a
+                # node: nothing else would make the client read the map again.
+                assert isinstance(client, redis.cluster.RedisCluster)
+                client.nodes_manager.initialize()
+                raise
             replies = pipe.execute(raise_on_error=False)
             indexes = _durable_replies(batch, replies, durability, results, indexes)
             for script in {ops[i].script for i in indexes}:
@@ -286,7 +297,12 @@ async def arun_durably(client: AsyncRedis, ops: Sequence[Op[T]], durability: Dur
         while indexes:
             batch = [ops[i] for i in indexes]
             pipe = client.pipeline(transaction=False)
-            _durable_round(client, pipe, batch, durability)
+            try:
+                _durable_round(client, pipe, batch, durability)
+            except redis.exceptions.SlotNotCoveredError:
+                assert isinstance(client, redis.asyncio.cluster.RedisCluster)
+                await client.nodes_manager.initialize()
+                raise
             replies = await pipe.execute(raise_on_error=False)
             indexes = _durable_replies(batch, replies, durability, results, indexes)
             for script in {ops[i].script for i in indexes}:
