@@ -211,8 +211,8 @@ def async_client(
     url: str, settings: Settings, *, blocking: bool = False, single: bool = False
 ) -> AsyncRedis:
     """`single`: one dedicated connection, for a role that sends one command at a time;
-    it skips the pool's checkout and checks on every command of the hot path (on a
-    cluster, where a role talks to several nodes, the client keeps a pool per node)."""
+    it skips the pool's checkout and checks on every command of the hot path (not on a
+    cluster, where a role talks to several nodes, nor through Sentinel: see below)."""
     target = parse_target(url)
     options = client_options(settings, blocking=blocking)
     if target.shape == "cluster":
@@ -228,7 +228,11 @@ def async_client(
         primary = redis.asyncio.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
             target.service, sentinel, **options, **target.options()
         )
-        return redis.asyncio.Redis(connection_pool=primary, single_connection_client=single)
+        # Never a single connection: redis-py reconnects a client's own connection to the
+        # address it had, which after a failover is the old primary (back as a primary
+        # for a while, then a replica); a connection checked out of the pool asks the
+        # sentinels where the primary is.
+        return redis.asyncio.Redis(connection_pool=primary)
     if single:
         return redis.asyncio.Redis.from_url(url, single_connection_client=True, **options)
     # redis-py's default async pool raises "Too many connections" past 100 at once (200
