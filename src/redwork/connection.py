@@ -16,6 +16,7 @@ from typing import Any, TypeAlias, TypeVar
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
@@ -200,9 +201,11 @@ def sync_client(url: str, settings: Settings) -> SyncRedis:
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options),
             **options, **target.options(),
         )  # fmt: skip
+        primary_class = _SentinelPrimaryTLS if target.tls else _SentinelPrimary
         pool = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            target.service, sentinel, **options, **target.options()
-        )
+            target.service, sentinel, connection_class=primary_class,
+            **options, **target.options(),
+        )  # fmt: skip
         return redis.Redis(connection_pool=pool)
     return redis.Redis.from_url(url, **options)
 
@@ -212,7 +215,7 @@ def async_client(
 ) -> AsyncRedis:
     """`single`: one dedicated connection, for a role that sends one command at a time;
     it skips the pool's checkout and checks on every command of the hot path (not on a
-    cluster, where a role talks to several nodes, nor through Sentinel: see below)."""
+    cluster, where a role talks to several nodes)."""
     target = parse_target(url)
     options = client_options(settings, blocking=blocking)
     if target.shape == "cluster":
@@ -225,14 +228,12 @@ def async_client(
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options),
             **options, **target.options(),
         )  # fmt: skip
+        primary_class = _AsyncSentinelPrimaryTLS if target.tls else _AsyncSentinelPrimary
         primary = redis.asyncio.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
-            target.service, sentinel, **options, **target.options()
-        )
-        # Never a single connection: redis-py reconnects a client's own connection to the
-        # address it had, which after a failover is the old primary (back as a primary
-        # for a while, then a replica); a connection checked out of the pool asks the
-        # sentinels where the primary is.
-        return redis.asyncio.Redis(connection_pool=primary)
+            target.service, sentinel, connection_class=primary_class,
+            **options, **target.options(),
+        )  # fmt: skip
+        return redis.asyncio.Redis(connection_pool=primary, single_connection_client=single)
     if single:
         return redis.asyncio.Redis.from_url(url, single_connection_client=True, **options)
     # redis-py's default async pool raises "Too many connections" past 100 at once (200
@@ -241,6 +242,53 @@ def async_client(
         url, max_connections=ASYNC_POOL_SIZE, timeout=POOL_WAIT, **options
     )
     return redis.asyncio.Redis(connection_pool=pool)
+
+
+class _SentinelPrimary(redis.sentinel.SentinelManagedConnection):
+    """A connection to the primary that asks the sentinels where it is on every connect.
+    redis-py's does so only when a pool hands it out: its own retry, or a client reusing
+    its connection, reconnects to the address it had, which after a failover is the old
+    primary, back (for a while) as a primary whose writes are then thrown away."""
+
+    _resolved = False
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        self._resolved = True
+        try:
+            super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._resolved = False
+
+    def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if not self._resolved:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(*args, **kwargs)
+
+
+class _SentinelPrimaryTLS(_SentinelPrimary, redis.connection.SSLConnection):
+    pass
+
+
+class _AsyncSentinelPrimary(redis.asyncio.sentinel.SentinelManagedConnection):
+    """The async twin of _SentinelPrimary."""
+
+    _resolved = False
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        self._resolved = True
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._resolved = False
+
+    async def connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        if not self._resolved:
+            self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(*args, **kwargs)
+
+
+class _AsyncSentinelPrimaryTLS(_AsyncSentinelPrimary, redis.asyncio.connection.SSLConnection):
+    pass
 
 
 def _sentinel_kwargs(target: Target, options: dict[str, Any]) -> dict[str, Any]:
