@@ -18,9 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from redwork import JobFailed, JobState, Redwork, Settings
-from redwork.context import JobContext, enter_job, leave_job
-from redwork.queue import Completion, Queue, run
-from redwork.scripts import Code
+from redwork.queue import Queue
 from redwork.server import ServerProcess, free_port
 from tests import tasks
 from tests.conftest import TEST_SETTINGS, ApiProcess, WorkerProcess
@@ -35,12 +33,14 @@ pytestmark = pytest.mark.skipif(
 
 USER, PASSWORD = "redwork", "tls-test-password"
 # What a deployment grants redwork (docs/deployment.md): its keys, its channels, and the
-# commands its clients, workers and scripts send (a script's commands are checked too).
-# PSUBSCRIBE patterns are matched literally, hence the live hub's own. -@dangerous and
-# -@scripting take back what reaches beyond redwork's keys (FLUSHALL, FUNCTION FLUSH).
+# commands its clients, workers and scripts send (a script's commands are checked too):
+# EVAL after NOSCRIPT, INFO for the server check, TIME for the scripts' clock, PING for
+# health checks (redis-py's on idle connections, the API's /healthz). A PSUBSCRIBE
+# pattern must be granted literally: the live hub's is. -@dangerous and -@scripting take
+# back commands that reach beyond redwork's keys (FLUSHALL, KEYS, FUNCTION FLUSH).
 ACL_RULE = (
     "resetkeys ~rw:* resetchannels &rw:* &rw:{*}:events -@all +@read +@write +@pubsub "
-    "-@dangerous -@scripting +evalsha +eval +script|load +info +time +ping"
+    "-@dangerous -@scripting +evalsha +eval +info +time +ping"
 )
 STATE_PREFIX = "rw:{default}:state"
 """A store prefix under rw:* (so the ACL covers it) in queue default's cluster slot."""
@@ -55,9 +55,7 @@ class TlsServer:
     @property
     def url(self) -> str:
         """The URL under test: TLS, checked against the CA, as the limited user."""
-        return (
-            f"rediss://{USER}:{PASSWORD}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca}"
-        )
+        return f"rediss://{USER}:{PASSWORD}@127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.ca}"
 
     def admin(self) -> redis.Redis:
         """The default user on the plain port: set-up and checks only."""
@@ -71,7 +69,8 @@ def openssl(*args: str | Path) -> None:
 def make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a server certificate it signed for 127.0.0.1: (ca, cert, key)."""
     ca, ca_key = directory / "ca.pem", directory / "ca.key"
-    cert, key, request = directory / "server.pem", directory / "server.key", directory / "server.csr"
+    cert, key = directory / "server.pem", directory / "server.key"
+    request = directory / "server.csr"
     ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
     openssl(
         "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1",
@@ -107,9 +106,11 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
 
 @pytest.fixture
 def settings(tls: TlsServer) -> Settings:
-    """Overrides conftest's: the `app` and `spawn_worker` fixtures use this server."""
+    """Overrides conftest's, so that its `app`, `spawn_worker` and `spawn_api` use this
+    server as the limited user."""
     admin = tls.admin()
     admin.flushall()
+    admin.script_flush()  # so that the user's clients load the scripts (NOSCRIPT paths)
     admin.execute_command("ACL", "LOG", "RESET")
     admin.close()
     return Settings.load(env={}, redis_url=tls.url, **TEST_SETTINGS)
@@ -117,9 +118,10 @@ def settings(tls: TlsServer) -> Settings:
 
 @pytest.fixture
 def admin(tls: TlsServer) -> Iterator[redis.Redis]:
+    """The default user's client. At teardown, the test fails if the server refused the
+    limited user anything (ACL LOG), even where redwork swallowed the error."""
     client = tls.admin()
     yield client
-    # A command the rule lacks shows up here even where redwork swallowed the error.
     denied = client.execute_command("ACL", "LOG")
     client.close()
     assert denied == [], f"commands refused to {USER}: {denied}"
@@ -130,6 +132,7 @@ def test_workers_run_jobs_over_tls_as_the_limited_user(
 ) -> None:
     added = tasks.add.enqueue(2, 3)
     failing = tasks.boom.enqueue("over tls")
+    staging = tasks.stage_in_store.enqueue(STATE_PREFIX, "entry")
     spawn_worker()
     assert added.result(timeout=30) == 5  # waits on the job's channel (SUBSCRIBE)
     with pytest.raises(JobFailed, match="over tls"):
@@ -137,42 +140,35 @@ def test_workers_run_jobs_over_tls_as_the_limited_user(
     record = failing.info()
     assert (record.state, record.attempt) == (JobState.FAILED, 3)
     assert admin.zscore(Queue("default").failed, failing.id) is not None
+    # The staged write committed with the job's completion, in the same script call.
+    assert staging.result(timeout=30) == "staged"
+    entry = app.state("staging", key_prefix=STATE_PREFIX).get("entry")
+    assert entry is not None and (entry.value, entry.etag) == (staging.id, 1)
 
 
-def test_state_writes_as_the_limited_user(app: Redwork, admin: redis.Redis) -> None:
+def test_state_store_writes_and_reads_as_the_limited_user(app: Redwork) -> None:
     store = app.state("tls", key_prefix=STATE_PREFIX)
     assert store.save("direct", {"n": 1}) == 1
+    assert store.save("direct", {"n": 2}, etag=1) == 2
     item = store.get("direct")
-    assert item is not None and (item.value, item.etag) == ({"n": 1}, 1)
+    assert item is not None and (item.value, item.etag) == ({"n": 2}, 2)
 
-    # A staged write commits with the job's completion (complete.lua, the job's keys and
-    # the entry's in one script call).
-    client, queue = app.client.redis(), Queue("default")
-    handle = tasks.add.enqueue(1, 1)
-    (delivery,) = run(client, queue.fetch(1, 60_000, "tls-test-worker", 1 << 20)).deliveries
-    context = JobContext(handle.id, queue.name, 1, 1, "tls-test-worker", delivery.token)
-    entered = enter_job(context)
-    try:
-        store.staged().save("staged", {"n": 2}, etag=0)
-    finally:
-        leave_job(entered)
-    done = Completion(handle.id, delivery.token, b"2", list(context.staged.values()))
-    assert run(client, queue.complete([done], 60)) == [Code.OK]
-    assert admin.hgetall(store.redis_key("staged")) == {b"data": b'{"n":2}', b"version": b"1"}
-    assert handle.result(timeout=5) == 2
+
+def connect_once(url: str) -> redis.Redis:
+    """A client that does not retry: a refused connection would be retried for seconds."""
+    return redis.Redis.from_url(url, socket_timeout=5, retry=Retry(NoBackoff(), 0))
 
 
 def test_the_tls_port_speaks_only_tls_with_the_cas_certificate(tls: TlsServer) -> None:
-    once = {"socket_timeout": 5.0, "retry": Retry(NoBackoff(), 0)}
-    trusted = redis.Redis.from_url(tls.url, **once)
+    trusted = connect_once(tls.url)
     assert trusted.ping()
     trusted.close()
-    plain = redis.Redis(host="127.0.0.1", port=tls.tls_port, **once)
+    plain = connect_once(f"redis://{USER}:{PASSWORD}@127.0.0.1:{tls.tls_port}/0")
     with pytest.raises(redis.ConnectionError):
         plain.ping()
     plain.close()
     # Without the CA the server's certificate is not trusted: it is really checked.
-    untrusted = redis.Redis.from_url(tls.url.partition("?")[0], **once)
+    untrusted = connect_once(tls.url.partition("?")[0])
     with pytest.raises(redis.ConnectionError, match="certificate verify failed"):
         untrusted.ping()
     untrusted.close()
@@ -180,7 +176,7 @@ def test_the_tls_port_speaks_only_tls_with_the_cas_certificate(tls: TlsServer) -
 
 def test_the_user_is_limited_to_redworks_keys_channels_and_commands(tls: TlsServer) -> None:
     client = redis.Redis.from_url(tls.url)
-    assert client.ping()
+    assert client.set("rw:probe", "x") and client.get("rw:probe") == b"x"
     refused: list[Callable[[], object]] = [
         lambda: client.get("other:key"),
         lambda: client.set("other:key", "x"),
@@ -188,6 +184,7 @@ def test_the_user_is_limited_to_redworks_keys_channels_and_commands(tls: TlsServ
         lambda: client.eval("return redis.call('GET', KEYS[1])", 1, "other:key"),
         lambda: client.flushall(),
         lambda: client.config_get("dir"),
+        lambda: client.function_flush(),
     ]
     for call in refused:
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -208,11 +205,12 @@ def test_the_http_api_runs_over_tls_as_the_limited_user(
     spawn_api: Callable[..., ApiProcess],
     spawn_worker: Callable[..., WorkerProcess],
 ) -> None:
+    spawn_worker()  # starts while the API does
     # The API starts only once its live hub has PSUBSCRIBEd to every queue's events.
     api = spawn_api()
     with httpx.Client(base_url=api.url, timeout=30) as http:
+        assert http.get("/healthz").json() == {"ok": True}  # a PING as the user
         created = http.post("/api/jobs", json={"task": "add", "args": [4, 5]})
         assert created.status_code == 201, created.text
-        spawn_worker()
         final = wait_done(http, created.json()["id"])
     assert (final["state"], final["job"]["result"]) == ("completed", 9)
