@@ -75,6 +75,24 @@ class Set:
         except Exception:
             return False
 
+    def switch_watch(self) -> Any:
+        """A subscription to a sentinel's announcements of new primaries (None on a
+        cluster), to tell a round with one failover from one with more."""
+        if not isinstance(self.nodes, LocalSentinel):
+            return None
+        watcher = redis.Redis(port=self.nodes.sentinels[0].port).pubsub()
+        watcher.subscribe("+switch-master")
+        return watcher
+
+    def failovers(self, watcher: Any) -> int | None:
+        if watcher is None:
+            return None
+        count = 0
+        while (message := watcher.get_message(timeout=0.1)) is not None:
+            count += message["type"] == "message"
+        watcher.close()
+        return count
+
     def stop(self) -> None:
         self.nodes.stop()
 
@@ -97,6 +115,7 @@ def one_round(shape: str, durable: bool, workdir: Path) -> dict[str, Any]:
     acknowledged: list[str] = []
     calls: list[tuple[float, float]] = []  # (start, seconds) of each enqueue call
     old = nodes.primary()
+    switches = nodes.switch_watch()
     killed_at = 0.0
     try:
         start = time.monotonic()
@@ -121,6 +140,7 @@ def one_round(shape: str, durable: bool, workdir: Path) -> dict[str, Any]:
             pipe.exists(queue.job_key(job_id))
         present = pipe.execute()
     client.close()
+    failovers = nodes.failovers(switches)
     nodes.stop()
     gone = [j for j, here in zip(acknowledged, present, strict=True) if not here]
     held = [seconds for at, seconds in calls if at >= killed_at - 1]
@@ -132,6 +152,7 @@ def one_round(shape: str, durable: bool, workdir: Path) -> dict[str, Any]:
         "record_lost_after_run": sum(1 for j in gone if runs[j] > 0),
         "ran_twice": sum(1 for j in acknowledged if runs[j] > 1),
         "settled": settled,
+        "failovers": failovers,
         "longest_enqueue_s": round(max(held, default=0.0), 2),
     }
 

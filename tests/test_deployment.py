@@ -4,6 +4,7 @@ acknowledgement."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
@@ -98,17 +99,25 @@ def configure(url: str, **overrides: Any) -> Settings:
 
 
 def run_through_failover(
-    settings: Settings, kill_primary: Callable[[], None], jobs: int = 120
+    settings: Settings, old: ServerProcess, promoted: Callable[[], None], jobs: int = 120
 ) -> None:
     """Two worker processes run jobs from a producer that enqueues one at a time; the
-    primary is SIGKILLed after a third of them. Every acknowledged job must end
-    completed with its result, and the workers must carry on by themselves."""
+    primary `old` is SIGKILLed after a third of them, and once `promoted` returns (a
+    replica took over) it is started again, to come back as a replica (so that durable
+    acknowledgement can be met again). Every acknowledged job must end completed with its
+    result, and the workers must carry on by themselves."""
+
+    def rejoin() -> None:
+        promoted()
+        old.start()
+
     workers = [WorkerProcess(settings, [], processes=1, reconnect_for=120.0) for _ in range(2)]
     handles = []
     try:
         for index in range(jobs):
             if index == jobs // 3:
-                kill_primary()
+                old.sigkill()
+                threading.Thread(target=rejoin, daemon=True).start()
             handles.append(tasks.add.enqueue(index, 1))  # acknowledged once it returns
         for index, handle in enumerate(handles):
             assert handle.result(timeout=60) == index + 1
@@ -144,21 +153,13 @@ def test_sentinel_failover_with_durable_acks_loses_no_acknowledged_job(
     switches = announcer.pubsub(ignore_subscribe_messages=True)
     switches.subscribe("+switch-master")
 
-    def kill_primary() -> None:
-        old.sigkill()
-
-        def rejoin() -> None:
-            # Once a replica is promoted, the old primary comes back as its replica, so
-            # that WAIT 1 can be met again.
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and switches.get_message(timeout=1) is None:
-                pass
-            old.start()
-
-        threading.Thread(target=rejoin, daemon=True).start()
+    def promoted() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and switches.get_message(timeout=1) is None:
+            pass
 
     try:
-        run_through_failover(settings, kill_primary)
+        run_through_failover(settings, old, promoted)
         assert sentinel_set.primary() is not old
     finally:
         switches.close()
@@ -176,24 +177,16 @@ def test_cluster_failover_with_durable_acks_loses_no_acknowledged_job(
     queue_key = Queue("default").wait
     old = fresh_cluster.primary_of(queue_key)
 
-    def kill_primary() -> None:
-        old.sigkill()
-
-        def rejoin() -> None:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if fresh_cluster.primary_of(queue_key) is not old:
-                        break
-                except Exception:
-                    pass
-                time.sleep(0.1)  # cluster state changes by gossip, with no event
-            old.start()
-
-        threading.Thread(target=rejoin, daemon=True).start()
+    def promoted() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # nodes still voting
+                if fresh_cluster.primary_of(queue_key) is not old:
+                    return
+            time.sleep(0.1)  # cluster state changes by gossip, with no event
 
     try:
-        run_through_failover(settings, kill_primary)
+        run_through_failover(settings, old, promoted)
         assert fresh_cluster.primary_of(queue_key) is not old
     finally:
         tasks.app.client.close()

@@ -525,7 +525,32 @@ def _until(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(_POLL)
 
 
-class LocalCluster:
+class _ServerSet:
+    """Server processes started together as one set, and stopped together."""
+
+    def processes(self) -> list[ServerProcess]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        for process in self.processes():
+            process.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalCluster(_ServerSet):
     """A Valkey Cluster on loopback ports: `primaries` primaries, each with `replicas`
     replicas, dividing the 16384 slots evenly; for tests and benchmarks.
     `node_timeout_ms` is how long a primary may be unreachable before its replica
@@ -560,6 +585,9 @@ class LocalCluster:
                 )
             )
         self.primaries = primaries
+
+    def processes(self) -> list[ServerProcess]:
+        return self.nodes
 
     @property
     def url(self) -> str:
@@ -615,21 +643,6 @@ class LocalCluster:
             if node.running and _replication(node.port, "role") == "master":
                 _command(node.port, "FLUSHALL")
 
-    def stop(self) -> None:
-        for node in self.nodes:
-            node.stop()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def _bus_port(node: ServerProcess) -> int:
     return int(node.extra[node.extra.index("--cluster-port") + 1])
@@ -665,7 +678,7 @@ class SentinelProcess(ServerProcess):
         return [self._binary, str(config), "--sentinel"]
 
 
-class LocalSentinel:
+class LocalSentinel(_ServerSet):
     """A primary, `replicas` replicas and `sentinels` sentinels watching them, on loopback
     ports; for tests and benchmarks. `down_after_ms` is how long the primary may be
     unreachable before the sentinels fail it over."""
@@ -700,6 +713,9 @@ class LocalSentinel:
             for index in range(sentinels)
         ]
 
+    def processes(self) -> list[ServerProcess]:
+        return [*self.sentinels, *self.servers]
+
     @property
     def url(self) -> str:
         addresses = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
@@ -732,18 +748,3 @@ class LocalSentinel:
 
     def flush(self) -> None:
         _command(self.primary().port, "FLUSHALL")
-
-    def stop(self) -> None:
-        for process in [*self.sentinels, *self.servers]:
-            process.stop()
-
-    def __enter__(self) -> Self:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
