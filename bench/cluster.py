@@ -3,7 +3,7 @@ Cluster, and what durable acknowledgement (ack_replicas, ack_fsync) costs on a p
 with one replica. Real servers and real worker processes, as in bench/run.py; it
 asserts nothing. See bench/README.md, "Cluster and durable acknowledgement".
 
-    .venv/bin/python bench/cluster.py                 # both scenarios, 3 rounds, about 5 minutes
+    .venv/bin/python bench/cluster.py                 # both scenarios, 3 rounds, 4-5 minutes
     .venv/bin/python bench/cluster.py --quick         # small sizes, 1 round: under a minute
     .venv/bin/python bench/cluster.py --only durable --json
 """
@@ -59,6 +59,8 @@ PRIMARIES = 3
 NODE_TIMEOUT_MS = 30_000
 # The words of NotDurable's message (src/redwork/queue.py), as the workers log each retry.
 NOT_DURABLE_TEXT = "a write reached"
+STAMPS = ("started_at", "finished_at")  # set by the fetch and complete scripts, server ms
+MIN_WINDOW = 0.5  # seconds: a shorter time with every worker running gives no rate
 # (name, settings) of the durable scenario, producer and workers alike.
 ACK_SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("off", {}),
@@ -85,10 +87,10 @@ class Sizes:
     def make(cls, args: argparse.Namespace) -> Sizes:
         quick = args.quick
         return cls(
-            spread_jobs=5_000 if quick else 50_000,
-            durable_jobs=5_000 if quick else 30_000,
-            sequential_calls=300 if quick else 2_000,
-            sequential_seconds=3.0 if quick else 8.0,
+            spread_jobs=5_000 if quick else 40_000,
+            durable_jobs=5_000 if quick else 20_000,
+            sequential_calls=300 if quick else 1_000,
+            sequential_seconds=3.0 if quick else 6.0,
             rounds=args.rounds or (1 if quick else 3),
             concurrency=args.concurrency,
             scenarios=tuple(args.only or SCENARIOS),
@@ -137,7 +139,8 @@ def drain(
     """One worker process per part (a queue on its server, with its jobs already
     enqueued), all started at once. jobs/s = jobs / (first started_at .. last
     finished_at) over every part, on the servers' clocks (one machine, one clock), as
-    run.py's drain: process start-up is left out."""
+    run.py's drain: process start-up is left out. all_running_jobs_per_s: the jobs
+    that finished while every worker was running, over that time."""
     n = sum(len(ids) for _, ids in parts)
     spawned = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -159,16 +162,35 @@ def drain(
     # Read once the workers have stopped: a worker's last batch of outcomes is counted
     # as completed before its durability wait ends.
     retries = sum(path.read_text(errors="replace").count(NOT_DURABLE_TEXT) for path in logs)
-    spans = [b.span_ms(ids) for b, ids in parts]
-    first, last = min(s[0] for s in spans), max(s[1] for s in spans)
-    seconds = max(last - first, 1) / 1000
+    timings = [_timings(b, ids) for b, ids in parts]
+    firsts = [min(s for s, _ in t) for t in timings]
+    lasts = [max(f for _, f in t) for t in timings]
+    seconds = max(max(lasts) - min(firsts), 1) / 1000
+    # The window in which every worker process was running jobs: starting k processes
+    # at once on a busy machine spreads their starts, and a late one finishes late.
+    together = (max(firsts), min(lasts))
+    overlap = (together[1] - together[0]) / 1000
+    in_window = sum(together[0] <= f <= together[1] for t in timings for _, f in t)
     return {
         "jobs_per_s": n / seconds,
         "seconds": seconds,
+        "all_running_jobs_per_s": in_window / overlap if overlap >= MIN_WINDOW else None,
+        "all_running_s": overlap,
+        "worker_start_skew_ms": max(firsts) - min(firsts),
         "wall_incl_startup_s": wall,
         "worker_not_durable_retries": retries,
         **_cpu(cpu, n),
     }
+
+
+def _timings(b: Bench, ids: list[str]) -> list[tuple[int, int]]:
+    """(started_at, finished_at) of each job, server ms."""
+    out = []
+    for started, finished in b.job_fields(ids, *STAMPS):
+        if started is None or finished is None:
+            raise BenchError("a job has no started_at/finished_at: did it run?")
+        out.append((int(started), int(finished)))
+    return out
 
 
 def _cpu(cpu: dict[str, Any], n: int) -> dict[str, Any]:
@@ -280,7 +302,10 @@ def spread(sizes: Sizes, config: Config, tmp: Path, info: dict[str, Any]) -> dic
                 "workers": len(setup.parts),
                 "enqueue_jobs_per_s": statistics.median(x["enqueue"]["jobs_per_s"] for x in r),
                 "drain_jobs_per_s": median(r, "jobs_per_s"),
+                "drain_best_jobs_per_s": max(x["jobs_per_s"] for x in r),
                 "drain_vs_single_server": median(r, "jobs_per_s") / base,
+                "all_running_jobs_per_s": _median_of_known(r, "all_running_jobs_per_s"),
+                "worker_start_skew_ms": median(r, "worker_start_skew_ms"),
                 "drain_machine_busy_pct": median(r, "machine_busy_pct"),
                 "drain_others_cpu_pct": median(r, "others_cpu_pct"),
                 "drain_cpu_us_per_job": median(r, "server_cpu_us_per_job")
@@ -288,6 +313,11 @@ def spread(sizes: Sizes, config: Config, tmp: Path, info: dict[str, Any]) -> dic
             }
         )
     return {"jobs": n, "concurrency": c, "summary": summary, "runs": runs}
+
+
+def _median_of_known(runs: Sequence[dict[str, Any]], key: str) -> float | None:
+    known = [r[key] for r in runs if r[key] is not None]
+    return statistics.median(known) if known else None
 
 
 def _dir(path: Path) -> Path:
@@ -425,7 +455,10 @@ def durable(sizes: Sizes, config: Config, tmp: Path, info: dict[str, Any]) -> di
                 "bulk_jobs_per_s": statistics.median(x["bulk"]["jobs_per_s"] for x in r),
                 "bulk_ratio": ratio(r, "bulk"),
                 "drain_jobs_per_s": median(r, "jobs_per_s"),
+                "drain_best_jobs_per_s": max(x["jobs_per_s"] for x in r),
                 "drain_ratio": ratio(r, None),
+                "drain_cpu_us_per_job": median(r, "server_cpu_us_per_job")
+                + median(r, "worker_cpu_us_per_job"),
                 "not_durable_retries": sum(
                     x["sequential"]["producer_not_durable_retries"]
                     + x["bulk"]["producer_not_durable_retries"]
@@ -486,8 +519,12 @@ def render(info: dict[str, Any], sizes: Sizes, results: dict[str, dict[str, Any]
             (
                 s["setup"],
                 f"{s['enqueue_jobs_per_s']:,.0f}",
-                f"{s['drain_jobs_per_s']:,.0f}",
+                f"{s['drain_jobs_per_s']:,.0f} ({s['drain_best_jobs_per_s']:,.0f})",
                 f"{s['drain_vs_single_server']:.2f}",
+                "-"
+                if s["all_running_jobs_per_s"] is None
+                else f"{s['all_running_jobs_per_s']:,.0f}",
+                f"{s['worker_start_skew_ms']:.0f}",
                 f"{s['drain_cpu_us_per_job']:.0f}",
                 f"{s['drain_machine_busy_pct']:.0f}",
                 f"{s['drain_others_cpu_pct']:.0f}",
@@ -497,8 +534,10 @@ def render(info: dict[str, Any], sizes: Sizes, results: dict[str, dict[str, Any]
         header = (
             "set-up",
             "enqueue jobs/s",
-            "drain jobs/s",
+            "drain jobs/s (best)",
             "vs 1 server",
+            "all running",
+            "skew ms",
             "CPU us/job",
             "busy %",
             "others %",
@@ -506,7 +545,8 @@ def render(info: dict[str, Any], sizes: Sizes, results: dict[str, dict[str, Any]
         lines += _table(header, rows)
         lines.append(
             "enqueue: prepare + one enqueue_many; drain: first started_at to last finished_at "
-            "(server clocks); CPU us/job: servers + workers during the drain"
+            "(server clocks);\nall running: jobs/s while every worker process was running "
+            "(skew: how much later the last one started); CPU us/job: servers + workers"
         )
     if (r := results.get("durable")) and "error" not in r:
         lines += [
@@ -517,10 +557,12 @@ def render(info: dict[str, Any], sizes: Sizes, results: dict[str, dict[str, Any]
         rows = [
             (
                 s["setting"],
-                f"{s['sequential_jobs_per_s']:,.0f} ({s['sequential_ratio']:.2f})",
+                f"{_rate(s['sequential_jobs_per_s'])} ({s['sequential_ratio']:.2f})",
                 f"{s['sequential_p50_ms']:.2f} / {s['sequential_p99_ms']:.2f}",
                 f"{s['bulk_jobs_per_s']:,.0f} ({s['bulk_ratio']:.2f})",
                 f"{s['drain_jobs_per_s']:,.0f} ({s['drain_ratio']:.2f})",
+                f"{s['drain_best_jobs_per_s']:,.0f}",
+                f"{s['drain_cpu_us_per_job']:.0f}",
                 str(s["not_durable_retries"]),
                 f"{s['others_cpu_pct']:.0f}",
             )
@@ -532,6 +574,8 @@ def render(info: dict[str, Any], sizes: Sizes, results: dict[str, dict[str, Any]
             "p50 / p99 ms",
             "bulk jobs/s (x off)",
             "drain jobs/s (x off)",
+            "best",
+            "CPU us/job",
             "NotDurable retries",
             "others %",
         )
@@ -540,9 +584,14 @@ def render(info: dict[str, Any], sizes: Sizes, results: dict[str, dict[str, Any]
         lines.append(
             f"sequential: task.enqueue one call after the other ({calls} calls in all, at most "
             f"{sizes.sequential_calls:,} or {sizes.sequential_seconds:g} s per round); p50/p99 of "
-            "each call's latency. NotDurable retries: producer and workers, all rounds"
+            "each call's latency;\ndrain: as in spread, its CPU us/job: servers + worker; "
+            "NotDurable retries: producer and workers, all rounds"
         )
     return "\n".join(lines)
+
+
+def _rate(jobs_per_s: float) -> str:
+    return f"{jobs_per_s:,.0f}" if jobs_per_s >= 100 else f"{jobs_per_s:.2f}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

@@ -41,7 +41,6 @@ from tests.chaos.harness import WorkerProc  # noqa: E402
 RUN_SECONDS = 8.0
 KILL_AT = 3.0
 SETTLE_SECONDS = 60.0
-DURABLE = (False, True)
 
 
 def log(message: str) -> None:
@@ -188,11 +187,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shapes", default="sentinel,cluster")
+    parser.add_argument("--acks", default="default,durable", help="default, durable or both")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    modes = [mode == "durable" for mode in args.acks.split(",")]
     results = []
     for shape in args.shapes.split(","):
-        for durable in DURABLE:
+        for durable in modes:
             for index in range(args.rounds):
                 with tempfile.TemporaryDirectory(prefix="redwork-failover-") as tmp:
                     result = one_round(shape, durable, Path(tmp))
@@ -205,7 +206,7 @@ def main() -> int:
           "| ran twice | longest enqueue (s) |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
-        for durable in (False, True):
+        for durable in modes:
             rows = [r for r in results if r["shape"] == shape and r["durable"] == durable]
 
             def total(field: str, rows: list[dict[str, Any]] = rows) -> int:

@@ -38,7 +38,7 @@ TASKS = ["add", "boom", "sleep"]
 STORE = "fuzzstore"
 STATE_KEY = "k"
 # A fixed seed and a small budget keep the default run short and repeatable; set
-# API_FUZZ_SEED and API_FUZZ_EXAMPLES (and --timeout) to search longer or elsewhere.
+# API_FUZZ_SEED and API_FUZZ_EXAMPLES to search longer or elsewhere.
 SEED = int(os.environ.get("API_FUZZ_SEED", "20240601"))
 MAX_EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", "20"))
 """Requests of the fuzzing phase per operation and kind (valid, invalid data)."""
@@ -197,6 +197,9 @@ def fuzz(operation: APIOperation, mode: GenerationMode, findings: Findings) -> N
             raise
 
 
+# CPU-bound (generation, and the server answering each request): its time grows with the
+# budget, and several-fold when parallel test workers share the cores.
+@pytest.mark.timeout(15 * MAX_EXAMPLES)
 def test_generated_requests_get_no_server_error_and_fit_the_schema(
     api_schema: BaseSchema,
 ) -> None:

@@ -26,6 +26,6 @@ def test_a_short_chaos_run_loses_nothing_and_applies_each_effect_once() -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("fsync", ["always", "everysec"])
 def test_a_long_chaos_run_loses_nothing(fsync: str) -> None:
-    """Not in the default suite: `./dev test -m chaos` (about 10 minutes for both)."""
+    """Not in the default suite: `./dev test -m chaos -n 0` (about 10 minutes for both)."""
     report = run(Config(seed=5, minutes=4, fsync=fsync))
     assert report.failures() == [], summary(report)

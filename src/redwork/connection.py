@@ -333,7 +333,8 @@ class Backoff:
 
     def next(self, what: str, exc: BaseException) -> float:
         self.delay = min(self.cap, self.delay * 2 or self.first)
-        log.warning("%s: server unavailable (%s); retrying in %.2fs", what, exc, self.delay)
+        why = "not confirmed durable" if isinstance(exc, NotDurable) else "server unavailable"
+        log.warning("%s: %s (%s); retrying in %.2fs", what, why, exc, self.delay)
         return self.delay * (0.5 + random.random() / 2)
 
 
