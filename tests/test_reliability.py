@@ -640,7 +640,10 @@ def test_sigterm_while_the_supervisor_starts_stops_every_child(
 def test_a_poison_pill_fails_as_worker_lost_after_max_losses_and_the_rest_completes(
     app: Redwork, r: redis.Redis, spawn_worker: SpawnWorker
 ) -> None:
-    supervisor = spawn_worker("--processes", "2", concurrency=4)
+    # One slot per process: a job running next to the pill dies with it, and "delivered
+    # alone" keeps a suspect from sharing a fetch, not a process already running others,
+    # so with more slots an unlucky job could lose its worker max_losses times too.
+    supervisor = spawn_worker("--processes", "2", concurrency=1)
     pill = tasks.poison.enqueue()
     handles = app.enqueue_many(tasks.add.prepare(i, 1) for i in range(100))
     try:
