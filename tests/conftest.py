@@ -74,12 +74,13 @@ def redis_url(shape: str, request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture
 def r(redis_url: str, shape: str, request: pytest.FixtureRequest) -> Iterator[redis.Redis]:
     """A plain client of the test's server (on a cluster, one that routes each command
-    to the node serving its keys)."""
+    to the node serving its keys). No socket timeout: redis-py's default (5 s) would cut
+    short the longer blocking waits tests ask for (XREAD, BLPOP)."""
     if shape == "cluster":
         seed = request.getfixturevalue("cluster").nodes[0].port
-        client: Any = redis.cluster.RedisCluster(host="127.0.0.1", port=seed)
+        client: Any = redis.cluster.RedisCluster(host="127.0.0.1", port=seed, socket_timeout=None)
     else:
-        client = redis.Redis.from_url(redis_url)
+        client = redis.Redis.from_url(redis_url, socket_timeout=None)
     yield client
     client.close()
 

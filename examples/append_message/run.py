@@ -79,6 +79,7 @@ def main() -> int:
             while handles[0].status().value not in ("completed", "failed"):
                 if updates.get_message(timeout=1.0):  # a save (each makes two events)
                     version = show(r, version)
+            version = show(r, version)  # the last save, if the loop saw the end first
             final_version = handles[0].result(timeout=30)
             updates.close()
             r.config_set("notify-keyspace-events", notify)
