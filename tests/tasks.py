@@ -302,8 +302,10 @@ async def client_url() -> str:
 # -- tests/test_abort.py ----------------------------------------------------------------
 # Every run of these tasks INCRs test:starts:<job id> (a count that stays) and RPUSHes
 # its attempt to test:started:<job id> (which a test BLPOPs); how the run ended is
-# RPUSHed to test:ended:<job id> on the way out. The two are pipelined, not a MULTI: on
-# a cluster the keys are in different slots (one server runs them in order anyway).
+# RPUSHed to test:ended:<job id> on the way out. The count is written before the
+# announcement, one after the other: on a cluster the keys are in different slots, and a
+# pipeline sends them to their nodes at once, so a test woken by the announcement could
+# cancel the run before the count was written.
 
 
 @app.task(name="abortable_sleep")
@@ -314,9 +316,8 @@ async def abortable_sleep(seconds: float) -> str:
     client = await app.client.aredis()
     how = "returned"
     try:
-        async with client.pipeline(transaction=False) as pipe:
-            pipe.incr(f"test:starts:{job.id}").rpush(f"test:started:{job.id}", job.attempt)
-            await pipe.execute()
+        await client.incr(f"test:starts:{job.id}")
+        await client.rpush(f"test:started:{job.id}", job.attempt)
         await asyncio.sleep(seconds)
     except asyncio.CancelledError:
         how = "cancelled"
@@ -335,9 +336,8 @@ def sync_abortable(mode: str, seconds: float = 20.0) -> str:
     at the end>', how being the exception's name, 'finished', 'slept' or 'timed_out'."""
     job = current_job()
     client = app.client.redis()
-    client.pipeline(transaction=False).incr(f"test:starts:{job.id}").rpush(
-        f"test:started:{job.id}", job.attempt
-    ).execute()
+    client.incr(f"test:starts:{job.id}")
+    client.rpush(f"test:started:{job.id}", job.attempt)
     how = "timed_out"
     try:
         if mode == "deaf":
@@ -382,9 +382,8 @@ async def fail_as_aborted() -> str:
     return at once."""
     job = current_job()
     client = await app.client.aredis()
-    async with client.pipeline(transaction=False) as pipe:
-        pipe.incr(f"test:starts:{job.id}").rpush(f"test:started:{job.id}", job.attempt)
-        await pipe.execute()
+    await client.incr(f"test:starts:{job.id}")
+    await client.rpush(f"test:started:{job.id}", job.attempt)
     if job.attempt == 1:
         app.client.redis().blpop([f"test:go:{job.id}"], timeout=30)
         raise RuntimeError("failed as the abort arrived")

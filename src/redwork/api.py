@@ -128,6 +128,9 @@ class SubmittedWorkflow(BaseModel):
 class NodeView(BaseModel):
     id: str
     task: str | None
+    queue: str | None = Field(
+        default=None, description="the queue it runs in, when not the workflow's"
+    )
     state: str
     depends_on: list[str]
     result: Any = None
@@ -802,14 +805,6 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         records = await arun_many(client, [q.job(i) for i in ids])
         return FailedPage(total=total, jobs=[view(r) for r in records if r is not None])
 
-    async def change_failed(
-        queue: str, selection: IdSelection, action: Callable[[Queue, list[str]], Op[int]]
-    ) -> Count:
-        ids = _selected(selection)
-        return Count(
-            count=await arun(await service.redis(), action(Queue(check_queue(queue)), ids))
-        )
-
     @api.post("/api/queues/{queue}/failed/retry", response_model=Count, tags=["failed"])
     async def retry_failed(
         queue: Annotated[str, Path(max_length=200)],
@@ -817,7 +812,8 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         _: None = authorized,
     ) -> Count:
         """Send failed jobs back to their queue (`ids`, or `all`)."""
-        return await change_failed(queue, selection, Queue.retry_failed)
+        ids = _selected(selection)
+        return Count(count=await service.app.client.aretry_failed(check_queue(queue), ids))
 
     @api.post("/api/queues/{queue}/failed/purge", response_model=Count, tags=["failed"])
     async def purge_failed(
@@ -826,7 +822,8 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         _: None = authorized,
     ) -> Count:
         """Delete failed jobs for good (`ids`, or `all`)."""
-        return await change_failed(queue, selection, Queue.purge_failed)
+        op = Queue(check_queue(queue)).purge_failed(_selected(selection))
+        return Count(count=await arun(await service.redis(), op))
 
     @api.get("/healthz", tags=["server"])
     async def health() -> dict[str, bool]:

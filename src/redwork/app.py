@@ -476,9 +476,11 @@ class Redwork:
     ) -> WorkflowHandle:
         """Submit a workflow (a chain, group, chord or Workflow) in one atomic call.
 
-        Its jobs run in one queue: `queue`, else the one they all name. A cycle, an
-        unknown dependency or jobs of different queues raise WorkflowError, storing
-        nothing; a workflow_id that exists adds nothing (a safe retry)."""
+        Each job runs in its own queue (its task's, or the one given with
+        .options(queue=...)), or every job in `queue` when it is given; the workflow is
+        recorded in the first job's queue (or `queue`), which its handle names. A cycle
+        or an unknown dependency raises WorkflowError, storing nothing; a workflow_id
+        that exists adds nothing (a safe retry)."""
         checked = plan(workflow, workflow_id, queue, self.settings.max_payload)
         self.client.submit_workflow(checked, name)
         return WorkflowHandle(self.client, checked.queue, checked.id)

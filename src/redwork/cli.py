@@ -923,7 +923,7 @@ def failed_retry(
     if not job_ids and not everything:
         raise click.UsageError("name job ids, or pass --all")
     client = _client(ctx)
-    click.echo(f"requeued {client.run(client.queue(queue).retry_failed(job_ids))}")
+    click.echo(f"requeued {client.retry_failed(queue, job_ids)}")
 
 
 @failed.command("purge")

@@ -39,7 +39,7 @@ from redwork.queue import (
 )
 from redwork.scripts import Code
 from redwork.settings import Settings
-from redwork.workflow import Plan, WorkflowRecord
+from redwork.workflow import Plan, WorkflowRecord, adrive, drive, relay
 
 T = TypeVar("T")
 
@@ -156,7 +156,7 @@ class Client:
     def _wait_until_final(
         self, channel: str, read: Callable[[], _Ending], deadline: _Deadline
     ) -> _Ending:
-        pubsub = self.redis().pubsub()  # type: ignore[no-untyped-call]
+        pubsub = self.redis().pubsub()  # type: ignore[no-untyped-call, unused-ignore]
         try:
             pubsub.subscribe(channel)
             # The subscription must be in force before the state is read: an end published
@@ -181,21 +181,42 @@ class Client:
         it never starts); a running one is aborted by its worker ('cancelling': it ends
         as cancelled shortly). NotCancellable once it has ended, JobNotFound if there is
         no such job."""
-        return _cancelled(job_id, self.run(self._cancel(queue, job_id)))
+        cancelled = _cancelled(job_id, self.run(self._cancel(queue, job_id)))
+        self.relay([queue])  # a workflow's node: its end, or the cancel, goes on
+        return cancelled
 
     def submit_workflow(self, plan: Plan, name: str = "") -> bool:
         """Store a checked workflow (see redwork.workflow.plan); submitting one whose id
         exists adds nothing (returns False)."""
-        if plan.queue not in self._known_queues:
-            self.redis().sadd(QUEUES_KEY, plan.queue)
-            self._known_queues.add(plan.queue)
+        new_queues = set(plan.queues) - self._known_queues
+        if new_queues:
+            self.redis().sadd(QUEUES_KEY, *new_queues)
+            self._known_queues |= new_queues
         op = self._submit(plan, name)
-        return _submitted(plan, self.write([op], "submit a workflow")[0])
+        submitted = _submitted(plan, self.write([op], "submit a workflow")[0])
+        if len(plan.queues) > 1:
+            self.relay([plan.queue])  # its first jobs of other queues
+        return submitted
 
     def workflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
-        return _workflow_found(
-            queue, workflow_id, self.run(self.queue(queue).workflow(workflow_id))
-        )
+        reply = self.run(self.queue(queue).workflow(workflow_id))
+        record = _workflow_found(queue, workflow_id, reply)
+        reads = record.live_reads()
+        return record.with_live(self.read(reads, "read a workflow")) if reads else record
+
+    def retry_failed(self, queue: str, job_ids: Sequence[str] = ()) -> int:
+        """Send failed jobs (all when none are named) back to the queue with a fresh
+        attempt budget; returns how many went back."""
+        count: int = self.run(self.queue(queue).retry_failed(job_ids))
+        self.relay([queue])
+        return count
+
+    def relay(self, queues: Iterable[str]) -> int:
+        """Deliver the messages the queues' outboxes hold for workflows across queues
+        (see docs/workflows.md); returns how many. Safe at any time: workers do it too,
+        after every transition that writes one and on each recovery check."""
+        steps = relay(queues, self.settings.result_ttl)
+        return drive(steps, lambda op: self.write([op], "deliver workflow messages")[0])
 
     def wait_workflow(
         self, queue: str, workflow_id: str, timeout: float | None = None
@@ -210,7 +231,9 @@ class Client:
     def cancel_workflow(self, queue: str, workflow_id: str) -> int:
         """Cancel every job of the workflow that has not started; returns how many.
         NotCancellable once it has ended, WorkflowNotFound if there is none."""
-        return _workflow_cancelled(workflow_id, self.run(self._cancel_workflow(queue, workflow_id)))
+        reply = self.run(self._cancel_workflow(queue, workflow_id))
+        self.relay([queue])  # withdraws its jobs sent to other queues
+        return _workflow_cancelled(workflow_id, reply)
 
     def close(self) -> None:
         if self._sync is not None:
@@ -288,25 +311,45 @@ class Client:
                     return record
                 await pubsub.get_message(timeout=deadline.next_wait(record.status_text))
         finally:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def aresult(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(await self.await_job(queue, job_id, timeout))
 
     async def acancel(self, queue: str, job_id: str) -> str:
-        return _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
+        cancelled = _cancelled(job_id, await self.arun(self._cancel(queue, job_id)))
+        await self.arelay([queue])
+        return cancelled
 
     async def asubmit_workflow(self, plan: Plan, name: str = "") -> bool:
         client = await self.aredis()
-        if plan.queue not in self._known_queues:
-            await client.sadd(QUEUES_KEY, plan.queue)
-            self._known_queues.add(plan.queue)
+        new_queues = set(plan.queues) - self._known_queues
+        if new_queues:
+            await client.sadd(QUEUES_KEY, *new_queues)
+            self._known_queues |= new_queues
         op = self._submit(plan, name)
-        return _submitted(plan, (await self.awrite([op], "submit a workflow"))[0])
+        submitted = _submitted(plan, (await self.awrite([op], "submit a workflow"))[0])
+        if len(plan.queues) > 1:
+            await self.arelay([plan.queue])
+        return submitted
 
     async def aworkflow(self, queue: str, workflow_id: str) -> WorkflowRecord:
         reply = await self.arun(self.queue(queue).workflow(workflow_id))
-        return _workflow_found(queue, workflow_id, reply)
+        record = _workflow_found(queue, workflow_id, reply)
+        reads = record.live_reads()
+        return record.with_live(await self.aread(reads, "read a workflow")) if reads else record
+
+    async def aretry_failed(self, queue: str, job_ids: Sequence[str] = ()) -> int:
+        count: int = await self.arun(self.queue(queue).retry_failed(job_ids))
+        await self.arelay([queue])
+        return count
+
+    async def arelay(self, queues: Iterable[str]) -> int:
+        steps = relay(queues, self.settings.result_ttl)
+        return await adrive(steps, lambda op: self._awrite_one(op))
+
+    async def _awrite_one(self, op: Op[T]) -> T:
+        return (await self.awrite([op], "deliver workflow messages"))[0]
 
     async def await_workflow(
         self, queue: str, workflow_id: str, timeout: float | None = None
@@ -319,6 +362,7 @@ class Client:
 
     async def acancel_workflow(self, queue: str, workflow_id: str) -> int:
         reply = await self.arun(self._cancel_workflow(queue, workflow_id))
+        await self.arelay([queue])
         return _workflow_cancelled(workflow_id, reply)
 
     async def aclose(self) -> None:

@@ -21,6 +21,7 @@ import redis.asyncio.sentinel
 import redis.cluster
 import redis.connection
 import redis.sentinel
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -54,6 +55,9 @@ TRANSIENT = (
     redis.exceptions.SlotNotCoveredError,
     NotDurable,
 )
+# What the server (or, for keys of several cluster slots, redis-py) refuses for good
+# (minus what TRANSIENT names: check that first).
+REFUSED = (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException)
 
 
 def resolve_url(settings: Settings) -> str:
@@ -170,16 +174,19 @@ def _redacted(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def client_options(settings: Settings, *, blocking: bool = False) -> dict[str, Any]:
+def client_options(
+    settings: Settings, *, blocking: bool = False, asynchronous: bool = False
+) -> dict[str, Any]:
     # A blocking fetch waits up to block_timeout on the server; its socket must wait longer.
     timeout = settings.socket_timeout + (settings.block_timeout if blocking else 0.0)
+    retry = AsyncRetry if asynchronous else Retry
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": settings.socket_timeout,
         "health_check_interval": 0 if blocking else 30,
         # The fetching connection is never retried by redis-py: a fetch sent twice after a
         # lost reply would lease jobs nobody holds. The worker's own loop retries instead.
-        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 0 if blocking else 2),
+        "retry": retry(ExponentialBackoff(cap=1.0, base=0.05), 0 if blocking else 2),
         "retry_on_error": list(_RETRY_ON),
     }
 
@@ -197,7 +204,7 @@ def sync_client(url: str, settings: Settings) -> SyncRedis:
         nodes = [redis.cluster.ClusterNode(h, p) for h, p in target.nodes]  # type: ignore[no-untyped-call]
         return redis.cluster.RedisCluster(startup_nodes=nodes, **options, **target.options())
     if target.shape == "sentinel":
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options),
             **options, **target.options(),
         )  # fmt: skip
@@ -217,14 +224,14 @@ def async_client(
     it skips the pool's checkout and checks on every command of the hot path (not on a
     cluster, where a role talks to several nodes)."""
     target = parse_target(url)
-    options = client_options(settings, blocking=blocking)
+    options = client_options(settings, blocking=blocking, asynchronous=True)
     if target.shape == "cluster":
         nodes = [redis.asyncio.cluster.ClusterNode(h, p) for h, p in target.nodes]
         return redis.asyncio.cluster.RedisCluster(
             startup_nodes=nodes, **options, **target.options()
         )
     if target.shape == "sentinel":
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(target.nodes), sentinel_kwargs=_sentinel_kwargs(target, options),
             **options, **target.options(),
         )  # fmt: skip

@@ -65,7 +65,7 @@ def _run(
     client = demo.client
     rng = random.Random(seed)
     delays = [rng.randint(10, 60) for _ in range(iterations)]
-    pubsub = client.redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub = client.redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
     pubsub.subscribe(client.queue(QUEUE).events, WORKERS_CHANNEL)
     worker_settings = settings.replace(
         concurrency=concurrency, processes=workers, queues=(QUEUE,), grace=5.0

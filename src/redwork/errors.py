@@ -83,8 +83,8 @@ class LeaseLost(RedworkError):
 
 
 class WorkflowError(RedworkError):
-    """A workflow cannot be submitted as given (a cycle, an unknown dependency, jobs in
-    different queues...); nothing was stored."""
+    """A workflow cannot be submitted as given (a cycle, an unknown dependency, a job id
+    used twice...); nothing was stored."""
 
 
 class WorkflowNotFound(RedworkError):

@@ -204,7 +204,7 @@ class Hub:
             except TRANSIENT as exc:
                 await asyncio.sleep(backoff.next("live updates", exc))
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
                 await client.aclose()
 
     async def _resync(self) -> None:

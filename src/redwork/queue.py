@@ -231,12 +231,16 @@ def _durable_round(
     client: SyncRedis | AsyncRedis, pipe: Any, ops: list[Op[T]], durability: Durability
 ) -> None:
     """Queue `ops` and the wait on `pipe`. WAIT counts the writes of its own connection,
-    so it must travel with them: on a cluster, one per node, addressed to that node."""
+    so it must travel with them: on a cluster, one per node, addressed to that node.
+    Plain commands (reads, and writes safe to lose such as an outbox's LREM) need none."""
     for op in ops:
         pipe.execute_command(*_command(op))
+    scripts = [op for op in ops if op.script is not None]
+    if not scripts:
+        return
     if isinstance(client, redis.cluster.RedisCluster | redis.asyncio.cluster.RedisCluster):
         nodes: dict[str, Any] = {}
-        for op in ops:
+        for op in scripts:
             node = client.get_node_from_key(op.keys[0])
             if node is not None:  # None: a slot map being rebuilt; the writes fail too
                 nodes[node.name] = node
@@ -395,6 +399,8 @@ class WorkflowNode:
     """Runs even when a dependency did not succeed, given its error instead."""
     priority: int = 0
     retry_priority: int | None = None
+    queue: str | None = None
+    """The queue it runs in, when not its workflow's (its home): see docs/workflows.md."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,7 +492,8 @@ class Queue:
         self.failed, self.marker, self.events = p + "failed", p + "marker", p + "events"
         self.stats, self.seq, self.held = p + "stats", p + "seq", p + "held"
         self.tokens = p + "tokens"
-        self.workflows, self.levels = p + "workflows", p + "levels"
+        self.workflows, self.levels, self.outbox = p + "workflows", p + "levels", p + "outbox"
+        self.refused = p + "outbox:refused"
         self.aborts, self.schedules = p + "aborts", p + "schedules"
         self.limits, self.limited = p + "limits", p + "limited"
         """The channel on which the ids of running jobs to abort are published."""
@@ -706,6 +713,7 @@ class Queue:
                 "1" if n.collects else "",
                 n.priority,
                 "" if n.retry_priority is None else n.retry_priority,
+                n.queue or "",
             )
         keys = (self.wait, self.marker, self.events, self.stats, self.workflows)
         return Op(
@@ -729,6 +737,40 @@ class Queue:
     def workflow(self, workflow_id: str) -> Op[list[Any]]:
         """The raw view of workflow_read.lua ([] when there is no such workflow)."""
         return Op(list, load("workflow_read"), (self.workflow_key(workflow_id),), (self.prefix,))
+
+    # -- workflows across queues: the outbox and the scripts of its messages ------------
+
+    def outbox_messages(self, count: int) -> Op[list[bytes]]:
+        """The oldest `count` messages this queue's transitions wrote for other queues."""
+        return Op(list, command=("LRANGE", self.outbox, 0, count - 1))
+
+    def remove_message(self, message: bytes) -> Op[int]:
+        return Op(int, command=("LREM", self.outbox, 1, message))
+
+    def set_aside(self, message: bytes) -> Op[int]:
+        """Keep a message the server refused (for inspection), before its removal."""
+        return Op(int, command=("RPUSH", self.refused, message))
+
+    def dispatch(self, message: bytes) -> Op[Code]:
+        """Add a workflow's node released at its home (a 'run' message)."""
+        keys = (self.wait, self.marker, self.events, self.stats)
+        return Op(Code, load("workflow_dispatch"), keys, (self.prefix, self.name, message))
+
+    def withdraw(self, message: bytes, ttl: int) -> Op[Code | str]:
+        """Cancel a workflow's node its home cancelled, if it has not started ('cancel')."""
+        keys = (self.wait, self.delayed, self.marker, self.events, self.stats)
+        return Op(
+            lambda r: _CODES[r] if isinstance(r, int) else text(r),
+            load("workflow_withdraw"),
+            keys,
+            (self.prefix, self.name, ttl, message),
+        )
+
+    def report(self, message: bytes) -> Op[Code]:
+        """Apply at home the end or reopening of a node of another queue ('ended',
+        'reopen')."""
+        keys = (self.events, self.wait, self.marker)
+        return Op(Code, load("workflow_report"), keys, (self.prefix, self.name, message))
 
     def workflow_key(self, workflow_id: str) -> str:
         return f"{self.prefix}wf:{workflow_id}"

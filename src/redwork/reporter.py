@@ -1,23 +1,24 @@
 """The reporter: gathers how a worker's jobs ended and sends the outcomes in batches (one
 complete and one fail call per queue per round trip). An outcome leaves the buffer only
-once the server has it; a repeat after a lost reply is ALREADY_DONE, so none is lost."""
+once the server has it; a repeat after a lost reply is ALREADY_DONE, so none is lost.
+The end of a node of a workflow across queues is then relayed to the other queues."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Iterable
+from functools import partial
+from typing import TypeVar
 
-import redis.asyncio
-import redis.exceptions
-
-from redwork.connection import TRANSIENT, AsyncRedis, Backoff
+from redwork.connection import REFUSED, TRANSIENT, AsyncRedis, Backoff
 from redwork.queue import Completion, Durability, Failure, Op, Queue, arun, arun_durably
 from redwork.scripts import Code
+from redwork.workflow import adrive, relay
 
-# What the server (or, for keys of several cluster slots, redis-py) refuses for good.
-REFUSED = (redis.exceptions.ResponseError, redis.exceptions.RedisClusterException)
 log = logging.getLogger("redwork.worker")
+T = TypeVar("T")
 
 
 class Reporter:
@@ -35,15 +36,22 @@ class Reporter:
         self.conflicts = 0
         self._completed: dict[str, list[Completion]] = defaultdict(list)
         self._failed: dict[str, list[Failure]] = defaultdict(list)
+        self._to_relay: set[str] = set()
+        """Queues whose outbox the outcomes sent may have written to."""
         self._pending = asyncio.Event()
         self._closing = False
 
-    def completed(self, queue: str, completion: Completion) -> None:
+    def completed(self, queue: str, completion: Completion, relay: bool = False) -> None:
+        """`relay`: the job is a node of a workflow across queues (see relay())."""
         self._completed[queue].append(completion)
+        if relay:
+            self._to_relay.add(queue)
         self._pending.set()
 
-    def failed(self, queue: str, failure: Failure) -> None:
+    def failed(self, queue: str, failure: Failure, relay: bool = False) -> None:
         self._failed[queue].append(failure)
+        if relay:
+            self._to_relay.add(queue)
         self._pending.set()
 
     def unsent(self, queue: str) -> list[tuple[str, int]]:
@@ -109,6 +117,19 @@ class Reporter:
                 codes = await self._send(client, queue.fail(failures, self.result_ttl))
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
+        if self._to_relay:
+            queues = list(self._to_relay)
+            self._to_relay.clear()
+            try:
+                await self.relay(client, queues)
+            except TRANSIENT:
+                self._to_relay.update(queues)
+                raise
+
+    async def relay(self, client: AsyncRedis, queues: Iterable[str]) -> None:
+        """Deliver what the queues' outboxes hold (redwork.workflow.relay), durably when
+        outcomes are."""
+        await adrive(relay(queues, self.result_ttl), partial(self._send, client))
 
     async def _complete_one_by_one(
         self, client: AsyncRedis, queue: Queue, batch: list[Completion]
@@ -137,7 +158,7 @@ class Reporter:
                 codes.append(Code.OK)
         return codes
 
-    async def _send(self, client: AsyncRedis, op: Op[list[Code]]) -> list[Code]:
+    async def _send(self, client: AsyncRedis, op: Op[T]) -> T:
         if self.durability is None:
             return await arun(client, op)
         return (await arun_durably(client, [op], self.durability))[0]

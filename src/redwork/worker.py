@@ -456,10 +456,11 @@ class Worker:
                 completion = Completion(
                     delivery.id, delivery.token, outcome.result, list(staged.values()), retry_in
                 )
-            self._reporter.completed(delivery.queue, completion)
+            self._reporter.completed(delivery.queue, completion, _spans_queues(running))
             self.stats.done += 1
         else:
-            self._reporter.failed(delivery.queue, self._failure(running, outcome))
+            failure = self._failure(running, outcome)
+            self._reporter.failed(delivery.queue, failure, _spans_queues(running))
 
     def _retry_in(self, running: _Running, reason: FailureReason) -> int:
         """Milliseconds before the next attempt after a run that failed for `reason`, or
@@ -563,6 +564,13 @@ class Worker:
                         )
                 except TRANSIENT as exc:
                     log.warning("recovery check failed: %s", exc)
+            try:
+                # What a worker that stopped (or a caller that failed) before relaying
+                # left in an outbox.
+                assert self._redis is not None
+                await self._reporter.relay(self._redis, [q.name for q in self.queues])
+            except TRANSIENT as exc:
+                log.warning("relaying workflow messages failed: %s", exc)
             # Jitter spreads the checks of many workers over the interval.
             await self._pause(self.settings.lease / 2 * (0.5 + random.random()))
 
@@ -587,7 +595,7 @@ class Worker:
             except TRANSIENT as exc:
                 await self._pause(backoff.next("abort listener", exc))
             finally:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     def _abort(self, queue: str, job_id: str) -> None:
         """Stop a job cancelled while this worker holds it. An async task is cancelled;
@@ -661,6 +669,13 @@ class Worker:
     async def _call_on(client: AsyncRedis | None, op: Op[T]) -> T:
         assert client is not None, "the worker is not running"
         return await arun(client, op)
+
+
+def _spans_queues(running: _Running) -> bool:
+    """A node of a workflow across queues: its end must be relayed."""
+    document = running.call.document if running.call is not None else {}
+    workflow = document.get("workflow")
+    return isinstance(workflow, dict) and "home" in workflow
 
 
 class _Timeout(Exception):

@@ -3,21 +3,27 @@
 the jobs it depends on; the list is checked here (unknown ids, cycles) and stored by one
 script call. The bookkeeping that releases a node runs inside the transition that ends
 its last dependency (scripts/includes/workflow.lua), so crashes lose no trigger and
-fire none twice. See docs/workflows.md."""
+fire none twice. A workflow whose jobs run in several queues is recorded in one (its
+home); transitions tell the other side through their queue's outbox, which `relay`
+delivers. See docs/workflows.md."""
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Literal
 
 import orjson
 
+from redwork.connection import REFUSED, TRANSIENT
 from redwork.errors import InvalidName, JobFailed, WorkflowError
-from redwork.job import Envelope, JobState, check_name, new_job_id
-from redwork.queue import WorkflowNode, text
+from redwork.job import Envelope, JobRecord, JobState, check_name, new_job_id
+from redwork.queue import Op, Queue, WorkflowNode, text
+from redwork.scripts import Code
 
 Passing = Literal["one", "list"] | None
 """How a node is given its dependencies' results, as its first argument: the single
@@ -206,7 +212,13 @@ class Plan:
 
     id: str
     queue: str
+    """Its home: the queue that records it (see docs/workflows.md)."""
     nodes: list[WorkflowNode]
+
+    @property
+    def queues(self) -> list[str]:
+        """Every queue its jobs run in, its home first."""
+        return list(dict.fromkeys([self.queue, *(n.queue for n in self.nodes if n.queue)]))
 
 
 def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: int) -> Plan:
@@ -221,14 +233,12 @@ def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: in
         wid = new_job_id() if workflow_id is None else check_name("workflow id", workflow_id)
     except InvalidName as exc:
         raise WorkflowError(str(exc)) from None
-    queues = {n.envelope.queue for n in nodes}
-    if queue is None and len(queues) > 1:
-        raise WorkflowError(
-            f"a workflow runs in one queue, and its jobs name {sorted(queues)}: pass "
-            "queue= (each node's release is atomic with its dependency's end, which "
-            "needs them in one Redis Cluster slot)"
-        )
-    queue = check_name("queue name", queue or queues.pop())
+    # queue= runs every job there; else each runs in its own, and the first job's
+    # queue is the workflow's home.
+    home = check_name("queue name", queue or nodes[0].envelope.queue)
+    if queue is not None:
+        nodes = [replace(n, envelope=replace(n.envelope, queue=home)) for n in nodes]
+    spans_queues = any(n.envelope.queue != home for n in nodes)
     _check_graph(nodes)
     if any(n.envelope.idempotency_key is not None for n in nodes):
         raise WorkflowError(
@@ -249,7 +259,9 @@ def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: in
         document: dict[str, Any] = {"id": wid}
         if node.passing is not None:
             document["pass"] = node.passing
-        envelope = replace(node.envelope, queue=queue, workflow=document)
+        if spans_queues:
+            document["home"] = home
+        envelope = replace(node.envelope, workflow=document)
         stored.append(
             WorkflowNode(
                 node.id,
@@ -261,9 +273,10 @@ def plan(item: Item, workflow_id: str | None, queue: str | None, max_payload: in
                 node.collect,
                 envelope.priority,
                 envelope.retry_priority,
+                None if envelope.queue == home else envelope.queue,
             )
         )
-    return Plan(wid, queue, stored)
+    return Plan(wid, home, stored)
 
 
 def _check_graph(nodes: Sequence[Node]) -> None:
@@ -325,11 +338,14 @@ class NodeRecord:
     reason: str | None
     error: str | None
     progress: bytes | None
+    queue: str | None = None
+    """The queue it runs in, when not its workflow's."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,
             "task": self.task,
+            "queue": self.queue,
             "state": self.state.value,
             "depends_on": self.depends_on,
             "result": self.result_value(),
@@ -373,8 +389,8 @@ class WorkflowRecord:
         raw = reply[0]
         fields = {text(k): text(v) for k, v in zip(raw[::2], raw[1::2], strict=True)}
         nodes = []
-        for i in range(1, len(reply), 8):
-            node_id, state, needs, result, reason, error, data, progress = reply[i : i + 8]
+        for i in range(1, len(reply), 9):
+            node_id, state, needs, result, reason, error, data, progress, runs_in = reply[i : i + 9]
             task = None
             if data:
                 try:
@@ -391,6 +407,7 @@ class WorkflowRecord:
                     None if reason is None else text(reason),
                     None if error is None else text(error),
                     progress,
+                    None if runs_in is None else text(runs_in),
                 )
             )
 
@@ -408,6 +425,24 @@ class WorkflowRecord:
             finished_at=number("finished_at"),
             nodes=nodes,
         )
+
+    def live_reads(self) -> list[Op[JobRecord | None]]:
+        """Reads of the nodes released to other queues that have not ended yet: their
+        home knows only that they were sent (they show as waiting there)."""
+        return [Queue(n.queue or self.queue).job(n.id) for n in self._sent()]
+
+    def with_live(self, records: Sequence[JobRecord | None]) -> WorkflowRecord:
+        """This record with the states live_reads() found."""
+        sent = {n.id for n in self._sent()}
+        live = {r.id: r for r in records if r is not None and r.id in sent}
+        nodes = [
+            replace(n, state=live[n.id].state, progress=live[n.id].progress) if n.id in live else n
+            for n in self.nodes
+        ]
+        return replace(self, nodes=nodes)
+
+    def _sent(self) -> list[NodeRecord]:
+        return [n for n in self.nodes if n.queue and n.state is JobState.WAITING]
 
     def result(self) -> Any:
         """The results of the nodes nothing depends on: one value when there is one
@@ -457,3 +492,100 @@ def _input(value: Any) -> Any:
             str(failed.get("job")), f"{failed.get('reason')}: {failed.get('error', '')}".strip()
         )
     return value
+
+
+# -- workflows across queues: the relay --------------------------------------------------
+
+RELAY_BATCH = 100
+"""Messages read from an outbox per round trip."""
+log = logging.getLogger("redwork.workflow")
+Steps = Generator[Op[Any], Any, int]
+"""Round trips to make, each sent by the caller, its reply sent back in (so that the
+sync and the async clients share the logic); returns what was delivered."""
+
+
+def relay(sources: Iterable[str], ttl: int) -> Steps:
+    """Deliver the messages in the outboxes of the queues `sources` (and of the queues
+    those deliveries write to) to the scripts of their queues, oldest first, removing
+    each once delivered. Safe to run at any time, by any number of callers at once: a
+    message delivered twice applies once (see includes/workflow.lua)."""
+    todo = deque(dict.fromkeys(sources))
+    delivered = 0
+    while todo:
+        source = Queue(todo.popleft())
+        messages: list[bytes] = yield source.outbox_messages(RELAY_BATCH)
+        moved = 0
+        for message in messages:
+            target, op = _delivery(message, ttl)
+            if op is not None:
+                try:
+                    reply = yield op
+                except REFUSED as exc:
+                    if isinstance(exc, TRANSIENT):
+                        raise
+                    # Not to be retried for ever, nor to hold up the messages after it.
+                    log.error(
+                        "the server refused an outbox message of %s (%s); it is kept in %s: "
+                        "%.200r", source.name, exc, source.refused, message,
+                    )  # fmt: skip
+                    yield source.set_aside(message)
+                    reply = None
+                if reply is Code.LATER:
+                    continue  # an earlier message about its node comes first
+                if target not in todo:
+                    todo.append(target)  # the delivery may have written its outbox
+            yield source.remove_message(message)
+            moved += 1
+        delivered += moved
+        if len(messages) == RELAY_BATCH and moved and source.name not in todo:
+            todo.append(source.name)
+    return delivered
+
+
+def _delivery(message: bytes, ttl: int) -> tuple[str, Op[Any] | None]:
+    """The queue a message is for, and the call that delivers it (None for a message
+    that cannot be read: written by something else than redwork, it is dropped)."""
+    try:
+        fields = orjson.loads(message)
+        target = Queue(fields["queue"])
+        kind = fields["op"]
+    except (orjson.JSONDecodeError, TypeError, KeyError, InvalidName) as exc:
+        log.error("dropped an outbox message that is not redwork's (%s): %.200r", exc, message)
+        return "", None
+    if kind == "run":
+        return target.name, target.dispatch(message)
+    if kind == "cancel":
+        return target.name, target.withdraw(message, ttl)
+    if kind in ("ended", "reopen"):
+        return target.name, target.report(message)
+    log.error("dropped an outbox message of unknown kind %r: %.200r", kind, message)
+    return "", None
+
+
+def drive(steps: Steps, send: Callable[[Op[Any]], Any]) -> int:
+    """Run `steps`, sending each op with `send`; an error is thrown back into them."""
+    try:
+        op = next(steps)
+        while True:
+            try:
+                reply = send(op)
+            except Exception as exc:
+                op = steps.throw(exc)
+            else:
+                op = steps.send(reply)
+    except StopIteration as done:
+        return int(done.value)
+
+
+async def adrive(steps: Steps, send: Callable[[Op[Any]], Awaitable[Any]]) -> int:
+    try:
+        op = next(steps)
+        while True:
+            try:
+                reply = await send(op)
+            except Exception as exc:
+                op = steps.throw(exc)
+            else:
+                op = steps.send(reply)
+    except StopIteration as done:
+        return int(done.value)

@@ -649,7 +649,7 @@ function drawGraph(page, view) {
     const state = svg("text", { class: "node-state", x: BOX.width - 10, y: 35 });
     group.append(task, id, state);
     const open = () => {
-      location.hash = jobHref(view.queue, node.id);
+      location.hash = jobHref(node.queue || view.queue, node.id);
     };
     group.addEventListener("click", open);
     group.addEventListener("keydown", (key) => {
@@ -702,7 +702,7 @@ function drawSummary(page, view) {
   if (failed.length) {
     list.append("failed: ");
     for (const node of failed.slice(0, 20)) {
-      list.append(link(jobHref(view.queue, node.id), `${node.task || "?"} ${node.id.slice(0, 8)}`), " ");
+      list.append(link(jobHref(node.queue || view.queue, node.id), `${node.task || "?"} ${node.id.slice(0, 8)}`), " ");
     }
     if (failed.length > 20) list.append(`+${failed.length - 20} more`);
   }

@@ -24,6 +24,7 @@ class Code(IntEnum):
     ALREADY_DONE = 2
     DUPLICATE = 3
     CONFLICT = 4
+    LATER = 5
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ KEYS[6] aborts    pub/sub channel of the ids of running jobs to abort
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] ttl       seconds a cancelled job is kept
 ARGV[4..]         job ids
-Returns one reply per job: OK (cancelled), 'cancelling' (running: abort requested), or
+Returns one reply per job: OK (cancelled), 'cancelling' (running: abort requested; or
+a workflow's node asked for at its workflow's home, sent to its own queue to withdraw), or
 the state that kept it from being cancelled ('completed', 'failed', 'cancelled',
 'skipped'), or 'unknown' when there is no such job.
 ]]
@@ -29,6 +30,8 @@ for i = 4, #ARGV do
   local reply = cancel_unstarted(q, id, ttl, now)
   if reply == OK then
     cancelled = cancelled + 1
+  elseif reply == 'forwarded' then
+    reply = 'cancelling'  -- a workflow's node in another queue: withdrawn there
   elseif reply == 'active' then
     local job_key = q.prefix .. 'job:' .. id
     redis.call('HSET', job_key, 'abort', now)

@@ -66,9 +66,8 @@ for i = 4, #ARGV, 4 do
     ended[#ended + 1] = id
     note('completed', id, attempt)
     announce_end(q.prefix, id, 'completed')
-    if wid then
-      node_ended(q, wid, id, 'succeeded', now)  -- kept as long as its workflow
-    else
+    -- A workflow's node is kept as long as its workflow.
+    if not (wid and node_ended(q, wid, id, 'succeeded', now)) then
       redis.call('EXPIRE', key, ttl)
     end
   elseif code == LEASE_LOST then

@@ -9,7 +9,9 @@ KEYS[5] stats     HASH of counters
 ARGV[1] prefix    ARGV[2] queue
 ARGV[3] id        the workflow's id
 ARGV[4] ttl       seconds a cancelled job is kept (nodes are kept with their workflow)
-Returns the number of nodes cancelled, or the workflow's status when it had ended
+A node released to another queue is withdrawn there (by message, see
+includes/workflow.lua) if it has not started by then.
+Returns the number of nodes cancelled (or being withdrawn), or the workflow's status when it had ended
 already ('unknown' when there is no such workflow).
 ]]
 -- @include common
@@ -22,10 +24,15 @@ local now = now_ms()
 -- Set first: the nodes cancelled below then skip nothing (they are all being cancelled).
 redis.call('HSET', wf_key, 'status', 'cancelled')
 note('workflow_cancelling', wid, 0)
-local cancelled = 0
+local cancelled, forwarded = 0, 0
 for _, id in ipairs(redis.call('LRANGE', wf_key .. '/nodes', 0, -1)) do
-  if cancel_unstarted(q, id, ARGV[4], now) == OK then cancelled = cancelled + 1 end
+  local reply = cancel_unstarted(q, id, ARGV[4], now)
+  if reply == OK then
+    cancelled = cancelled + 1
+  elseif reply == 'forwarded' then
+    forwarded = forwarded + 1  -- counted by its own queue when withdrawn
+  end
 end
 if cancelled > 0 then redis.call('HINCRBY', KEYS[5], 'cancelled', cancelled) end
 flush_events(KEYS[4], queue, now)
-return cancelled
+return cancelled + forwarded

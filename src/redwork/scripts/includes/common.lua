@@ -6,6 +6,7 @@ local LEASE_LOST = 1
 local ALREADY_DONE = 2
 local DUPLICATE = 3
 local CONFLICT = 4
+local LATER = 5
 
 -- The events stream keeps roughly this many entries (XADD MAXLEN ~), each naming at
 -- most EVENT_JOBS jobs: a few tens of MB at most.
@@ -193,9 +194,7 @@ local function to_cancelled(q, id, attempt, wid, ttl, now)
   redis.call('HSET', q.prefix .. 'job:' .. id, 'state', 'cancelled', 'finished_at', now)
   note('cancelled', id, attempt)
   announce_end(q.prefix, id, 'cancelled')
-  if wid then
-    node_ended(q, wid, id, 'cancelled', now)
-  else
+  if not (wid and node_ended(q, wid, id, 'cancelled', now)) then
     redis.call('EXPIRE', q.prefix .. 'job:' .. id, ttl)
   end
 end
@@ -203,14 +202,19 @@ end
 -- Withdraw a job that has not started (waiting, held behind its key, delayed, or
 -- pending on its dependencies): it is cancelled, a final state that expires after `ttl`
 -- (with its workflow, for a workflow's node). Returns OK, or the state that kept it
--- from being cancelled ('unknown' when there is no such job).
+-- from being cancelled ('unknown' when there is no such job), or 'forwarded' for a
+-- workflow's node released to another queue: it is withdrawn there, by message.
 local function cancel_unstarted(q, id, ttl, now)
   local job_key = q.prefix .. 'job:' .. id
   local job = redis.call('HMGET', job_key, 'state', 'key', 'attempt', 'wf', 'priority',
-    'parked', 'ahead')
+    'parked', 'ahead', 'queue')
   local state, key, wid = job[1], job[2], job[4]
   if state ~= 'waiting' and state ~= 'delayed' and state ~= 'pending' then
     return state or 'unknown'
+  end
+  if job[8] and state == 'waiting' then
+    outbox_push(q, { op = 'cancel', queue = job[8], wf = wid, id = id })
+    return 'forwarded'
   end
   if state == 'delayed' then
     redis.call('ZREM', q.delayed, id)

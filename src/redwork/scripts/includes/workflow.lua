@@ -8,6 +8,23 @@
 -- transition that ends a node, so a dependant is released exactly once, atomically
 -- with the completion that releases it.
 
+-- Workflows across queues. A workflow is recorded in one queue, its home: `wf:<id>`
+-- and a hash per node live there. A node that runs in another queue is a proxy at home
+-- (field `queue`: where it runs) and, once released, a job of its own queue (fields
+-- `wf` and `wf_home`). A script touches one cluster slot, so the two sides talk through
+-- outboxes: the LIST `outbox` of a queue holds messages (JSON, see docs/protocol.md)
+-- that its transitions wrote for another queue, atomically with them; a relay
+-- (redwork.workflow.relay) hands each to the script of its queue, then removes it.
+-- A message may be handed over more than once, so each applies once: 'run' adds the
+-- job only if its id is new, 'cancel' withdraws a job only if it has not started,
+-- 'ended' and 'reopen' carry the node's sequence number and apply in order.
+
+local function outbox_push(q, message)
+  redis.call('RPUSH', q.prefix .. 'outbox', cjson.encode(message))
+end
+
+local function queue_of(q) return string.match(q.prefix, '{(.*)}:$') end
+
 local function node_ids(csv)
   local ids = {}
   if csv then
@@ -25,10 +42,19 @@ local function input_of(q, dep)
     reason = d[3] or d[1] or 'unknown', error = d[4] or '' } })
 end
 
+-- A proxy whose dependencies are resolved (or a root): its job joins its own queue.
+local function dispatch_node(q, id, node_queue)
+  local job = redis.call('HMGET', q.prefix .. 'job:' .. id, 'data', 'wf', 'key', 'priority',
+    'retry_priority', 'inputs')
+  outbox_push(q, { op = 'run', queue = node_queue, home = queue_of(q), wf = job[2], id = id,
+    data = job[1], key = job[3] or nil, priority = job[4] or nil,
+    retry_priority = job[5] or nil, inputs = job[6] or nil })
+end
+
 -- A pending node whose dependencies are all resolved joins the queue.
 local function release_node(q, id)
   local job_key = q.prefix .. 'job:' .. id
-  local node = redis.call('HMGET', job_key, 'pass', 'needs', 'key', 'priority')
+  local node = redis.call('HMGET', job_key, 'pass', 'needs', 'key', 'priority', 'queue')
   if node[1] then
     local inputs = {}
     for _, dep in ipairs(node_ids(node[2])) do inputs[#inputs + 1] = input_of(q, dep) end
@@ -38,7 +64,9 @@ local function release_node(q, id)
   end
   redis.call('HDEL', job_key, 'deps')
   note('ready', id, 0)
-  if admit(q, id, node[3] or false, false) then
+  if node[5] then
+    dispatch_node(q, id, node[5])
+  elseif admit(q, id, node[3] or false, false) then
     push_waiting(q, { id }, { node[4] })
     redis.call('ZADD', q.marker, 0, 'm')
   end
@@ -62,7 +90,9 @@ local function finish_workflow(q, wid, now)
   local nodes = redis.call('LRANGE', wf_key .. '/nodes', 0, -1)
   for _, id in ipairs(nodes) do
     local job_key = q.prefix .. 'job:' .. id
-    if redis.call('HGET', job_key, 'state') ~= 'failed' then redis.call('EXPIRE', job_key, ttl) end
+    local node = redis.call('HMGET', job_key, 'state', 'queue')
+    -- A failed job stays in the failed store; a proxy's job is in its own queue's.
+    if node[1] ~= 'failed' or node[2] then redis.call('EXPIRE', job_key, ttl) end
   end
   redis.call('EXPIRE', wf_key, ttl)
   redis.call('EXPIRE', wf_key .. '/nodes', ttl)
@@ -81,10 +111,22 @@ end
 
 -- Node `id` of workflow `wid` has ended: 'succeeded', 'failed' or 'cancelled'. Its
 -- pending dependants count it as resolved (released when it was the last), or, when it
--- did not succeed and they do not collect, are skipped, and theirs after them.
+-- did not succeed and they do not collect, are skipped, and theirs after them. A job
+-- whose workflow is at home elsewhere tells it by message. Returns true when the job is
+-- kept (and expires) with its workflow, false when it expires on its own.
 local function node_ended(q, wid, id, outcome, now)
+  local job_key = q.prefix .. 'job:' .. id
+  local home = redis.call('HGET', job_key, 'wf_home')
+  if home then
+    local job = redis.call('HMGET', job_key, 'result', 'reason', 'error', 'attempt')
+    outbox_push(q, { op = 'ended', queue = home, wf = wid, id = id,
+      seq = redis.call('HINCRBY', job_key, 'wf_seq', 1), outcome = outcome,
+      result = job[1] or nil, reason = job[2] or nil, error = job[3] or nil,
+      attempt = tonumber(job[4] or 0) })
+    return false
+  end
   local wf = redis.call('HMGET', workflow_key(q, wid), 'status', 'total')
-  if not wf[1] then return end  -- expired: a lone job now
+  if not wf[1] then return false end  -- expired: a lone job now
   local cancelled, total = wf[1] == 'cancelled', tonumber(wf[2])
   local skipped = 0
   local walk = { { id, outcome == 'succeeded' } }
@@ -112,12 +154,20 @@ local function node_ended(q, wid, id, outcome, now)
   end
   count_ended(q, wid, total, 'skipped', skipped, now)
   count_ended(q, wid, total, outcome, 1, now)
+  return true
 end
 
 -- A failed node sent back to the queue: its workflow runs again, and the dependants it
 -- had skipped (with theirs) wait for it once more, unless another dependency of theirs
 -- still did not succeed. A cancelled workflow stays cancelled: the node runs alone.
 local function reopen_node(q, wid, id)
+  local job_key = q.prefix .. 'job:' .. id
+  local home = redis.call('HGET', job_key, 'wf_home')
+  if home then
+    outbox_push(q, { op = 'reopen', queue = home, wf = wid, id = id,
+      seq = redis.call('HINCRBY', job_key, 'wf_seq', 1) })
+    return
+  end
   local wf_key = workflow_key(q, wid)
   local wf = redis.call('HMGET', wf_key, 'status', 'finished_at')
   if not wf[1] then return end  -- expired: a lone job now
