@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -15,7 +16,7 @@ import pytest
 import redis
 
 from redwork import JobState, Redwork, Worker, WorkflowStatus, chain, chord, group
-from redwork.queue import Completion, Failure, Queue
+from redwork.queue import Completion, Failure, Queue, run_many
 from redwork.scripts import Code
 from redwork.workflow import drive, plan, relay
 from tests.conftest import stop_worker
@@ -176,28 +177,34 @@ def test_a_message_handed_over_twice_or_early_applies_once_in_order(
         for op, seq in (("ended", 1), ("reopen", 2))
     )  # fmt: skip
     # Both were applied: handing them over again changes nothing.
-    assert app.client.run(home.report(ended)) is Code.DUPLICATE
-    assert app.client.run(home.report(reopen)) is Code.DUPLICATE
+    assert app.client.run(home.report([ended, reopen])) == ([Code.DUPLICATE] * 2, 0)
     assert handle.info().status is WorkflowStatus.RUNNING
     # One that comes before its predecessor waits in the outbox.
     early = orjson.dumps({"op": "reopen", "queue": home.name, "wf": handle.id, "id": node.id,
                           "seq": 9})  # fmt: skip
-    assert app.client.run(home.report(early)) is Code.LATER
+    assert app.client.run(home.report([early])) == ([Code.LATER], 0)
     r.rpush(b.outbox, early)
     assert app.client.relay([B]) == 0
     assert r.lrange(b.outbox, 0, -1) == [early]
     r.delete(b.outbox)
 
 
-def test_a_message_that_is_not_redworks_is_dropped_with_a_log(
+def test_a_message_that_is_not_redworks_is_set_aside_with_a_log(
     app: Redwork, r: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
-    outbox = Queue(B).outbox
-    r.rpush(outbox, b"not json", b'{"op": "fly", "queue": "default"}', b'{"queue": "no way!"}')
+    b = Queue(B)
+    junk = [
+        b"not json",
+        b'{"op": "fly", "queue": "default", "id": "a", "wf": "w"}',
+        b'{"queue": "no way!"}',
+        b'{"op": "ended", "queue": "default", "id": "a", "wf": "w", "seq": "1"}',
+    ]
+    r.rpush(b.outbox, *junk)
     with caplog.at_level(logging.ERROR, logger="redwork.workflow"):
-        assert drive(relay([B], 60), app.client.run) == 3
-    assert r.llen(outbox) == 0
-    assert len([m for m in caplog.messages if "dropped an outbox message" in m]) == 3
+        assert drive(relay([B], 60), partial(run_many, r)) == 4
+    assert r.llen(b.outbox) == 0
+    assert r.lrange(b.refused, 0, -1) == junk
+    assert len([m for m in caplog.messages if "is not one redwork writes" in m]) == 4
 
 
 @pytest.mark.cluster
@@ -243,7 +250,9 @@ def test_a_message_the_server_refuses_is_set_aside_and_the_rest_delivered(
     app: Redwork, r: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     home = Queue("default")
-    broken = orjson.dumps({"op": "run", "queue": B, "home": home.name, "wf": "w", "id": "n1"})
+    # Well formed enough to reach the server, whose script fails on the priority.
+    broken = orjson.dumps({"op": "run", "queue": B, "home": home.name, "wf": "w", "id": "n1",
+                           "data": "{}", "priority": {"high": True}})  # fmt: skip
     handle = app.submit(group(echo.s(1), echo.options(queue=B).s(2)), workflow_id="after")
     r.lpush(home.outbox, broken)  # ahead of nothing: the submit's message was relayed
     r.rpush(home.outbox, orjson.dumps({"op": "cancel", "queue": B, "wf": "after",

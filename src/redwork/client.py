@@ -216,7 +216,7 @@ class Client:
         (see docs/workflows.md); returns how many. Safe at any time: workers do it too,
         after every transition that writes one and on each recovery check."""
         steps = relay(queues, self.settings.result_ttl)
-        return drive(steps, lambda op: self.write([op], "deliver workflow messages")[0])
+        return drive(steps, lambda ops: self.write(ops, "deliver workflow messages"))
 
     def wait_workflow(
         self, queue: str, workflow_id: str, timeout: float | None = None
@@ -346,10 +346,7 @@ class Client:
 
     async def arelay(self, queues: Iterable[str]) -> int:
         steps = relay(queues, self.settings.result_ttl)
-        return await adrive(steps, lambda op: self._awrite_one(op))
-
-    async def _awrite_one(self, op: Op[T]) -> T:
-        return (await self.awrite([op], "deliver workflow messages"))[0]
+        return await adrive(steps, partial(self.awrite, what="deliver workflow messages"))
 
     async def await_workflow(
         self, queue: str, workflow_id: str, timeout: float | None = None

@@ -476,6 +476,15 @@ def _code_or_text(reply: list[int | bytes]) -> list[Code | str]:
     return [_CODES[r] if isinstance(r, int) else r.decode() for r in reply]
 
 
+Delivered = tuple[list[Code | str], int]
+"""One reply per outbox message delivered, and how many messages the call wrote to the
+outbox of the queue it ran in."""
+
+
+def _delivered(reply: list[Any]) -> Delivered:
+    return _code_or_text(reply[0]), int(reply[1])
+
+
 def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -751,26 +760,22 @@ class Queue:
         """Keep a message the server refused (for inspection), before its removal."""
         return Op(int, command=("RPUSH", self.refused, message))
 
-    def dispatch(self, message: bytes) -> Op[Code]:
-        """Add a workflow's node released at its home (a 'run' message)."""
-        keys = (self.wait, self.marker, self.events, self.stats)
-        return Op(Code, load("workflow_dispatch"), keys, (self.prefix, self.name, message))
+    def dispatch(self, messages: Sequence[bytes]) -> Op[Delivered]:
+        """Add workflows' jobs released at their home ('run' messages)."""
+        keys = (self.wait, self.marker, self.events, self.stats, self.outbox)
+        return Op(_delivered, load("workflow_dispatch"), keys, (self.prefix, self.name, *messages))
 
-    def withdraw(self, message: bytes, ttl: int) -> Op[Code | str]:
-        """Cancel a workflow's node its home cancelled, if it has not started ('cancel')."""
-        keys = (self.wait, self.delayed, self.marker, self.events, self.stats)
-        return Op(
-            lambda r: _CODES[r] if isinstance(r, int) else text(r),
-            load("workflow_withdraw"),
-            keys,
-            (self.prefix, self.name, ttl, message),
-        )
+    def withdraw(self, messages: Sequence[bytes], ttl: int) -> Op[Delivered]:
+        """Cancel workflows' jobs their home cancelled, if not started ('cancel')."""
+        keys = (self.wait, self.delayed, self.marker, self.events, self.stats, self.outbox)
+        args: list[str | bytes | int] = [self.prefix, self.name, ttl, *messages]
+        return Op(_delivered, load("workflow_withdraw"), keys, args)
 
-    def report(self, message: bytes) -> Op[Code]:
-        """Apply at home the end or reopening of a node of another queue ('ended',
-        'reopen')."""
-        keys = (self.events, self.wait, self.marker)
-        return Op(Code, load("workflow_report"), keys, (self.prefix, self.name, message))
+    def report(self, messages: Sequence[bytes]) -> Op[Delivered]:
+        """Apply at home the ends and reopenings of jobs that run in other queues
+        ('ended', 'reopen')."""
+        keys = (self.events, self.wait, self.marker, self.outbox)
+        return Op(_delivered, load("workflow_report"), keys, (self.prefix, self.name, *messages))
 
     def workflow_key(self, workflow_id: str) -> str:
         return f"{self.prefix}wf:{workflow_id}"

@@ -1,7 +1,8 @@
 """The reporter: gathers how a worker's jobs ended and sends the outcomes in batches (one
 complete and one fail call per queue per round trip). An outcome leaves the buffer only
 once the server has it; a repeat after a lost reply is ALREADY_DONE, so none is lost.
-The end of a node of a workflow across queues is then relayed to the other queues."""
+The end of a node of a workflow across queues is then relayed to the other queues, by
+run_relays(), a role of its own, so that reporting never waits for a relay."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from functools import partial
 from typing import TypeVar
 
 from redwork.connection import REFUSED, TRANSIENT, AsyncRedis, Backoff
-from redwork.queue import Completion, Durability, Failure, Op, Queue, arun, arun_durably
+from redwork.queue import (
+    Completion,
+    Durability,
+    Failure,
+    Op,
+    Queue,
+    arun,
+    arun_durably,
+    arun_many,
+)
 from redwork.scripts import Code
 from redwork.workflow import adrive, relay
 
@@ -36,8 +46,11 @@ class Reporter:
         self.conflicts = 0
         self._completed: dict[str, list[Completion]] = defaultdict(list)
         self._failed: dict[str, list[Failure]] = defaultdict(list)
+        self._wants_relay: set[str] = set()
+        """Queues with buffered outcomes of nodes of workflows across queues."""
         self._to_relay: set[str] = set()
         """Queues whose outbox the outcomes sent may have written to."""
+        self._relay_due = asyncio.Event()
         self._pending = asyncio.Event()
         self._closing = False
 
@@ -45,13 +58,13 @@ class Reporter:
         """`relay`: the job is a node of a workflow across queues (see relay())."""
         self._completed[queue].append(completion)
         if relay:
-            self._to_relay.add(queue)
+            self._wants_relay.add(queue)
         self._pending.set()
 
     def failed(self, queue: str, failure: Failure, relay: bool = False) -> None:
         self._failed[queue].append(failure)
         if relay:
-            self._to_relay.add(queue)
+            self._wants_relay.add(queue)
         self._pending.set()
 
     def unsent(self, queue: str) -> list[tuple[str, int]]:
@@ -99,6 +112,20 @@ class Reporter:
                 return
 
     async def _flush(self, client: AsyncRedis) -> None:
+        # Taken first: an outcome buffered from here on marks its queue again, for the
+        # flush that sends it.
+        relay_after = self._wants_relay
+        self._wants_relay = set()
+        try:
+            await self._send_all(client)
+        except BaseException:
+            self._wants_relay |= relay_after
+            raise
+        if relay_after:
+            self._to_relay |= relay_after
+            self._relay_due.set()
+
+    async def _send_all(self, client: AsyncRedis) -> None:
         for queue in self.queues:
             completed = self._completed.get(queue.name)
             if completed:
@@ -117,19 +144,42 @@ class Reporter:
                 codes = await self._send(client, queue.fail(failures, self.result_ttl))
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
-        if self._to_relay:
-            queues = list(self._to_relay)
-            self._to_relay.clear()
+
+    async def run_relays(self, client: AsyncRedis, reporter_done: asyncio.Event) -> None:
+        """Relay the outboxes that reported outcomes wrote to, until the reporter is done
+        and nothing is left (what a stopped worker leaves, others' sweeps deliver)."""
+        backoff = Backoff()
+        while True:
+            if not self._to_relay:
+                if reporter_done.is_set():
+                    return
+                waiting = asyncio.ensure_future(self._relay_due.wait())
+                done = asyncio.ensure_future(reporter_done.wait())
+                await asyncio.wait({waiting, done}, return_when=asyncio.FIRST_COMPLETED)
+                waiting.cancel()
+                done.cancel()
+                self._relay_due.clear()
+                continue
+            queues, self._to_relay = self._to_relay, set()
             try:
                 await self.relay(client, queues)
-            except TRANSIENT:
-                self._to_relay.update(queues)
-                raise
+                backoff.reset()
+            except TRANSIENT as exc:
+                self._to_relay |= queues
+                if reporter_done.is_set():
+                    log.warning("relaying workflow messages failed: %s; left to others", exc)
+                    return
+                await asyncio.sleep(backoff.next("relay workflow messages", exc))
 
     async def relay(self, client: AsyncRedis, queues: Iterable[str]) -> None:
         """Deliver what the queues' outboxes hold (redwork.workflow.relay), durably when
         outcomes are."""
-        await adrive(relay(queues, self.result_ttl), partial(self._send, client))
+        await adrive(relay(queues, self.result_ttl), partial(self._send_many, client))
+
+    async def _send_many(self, client: AsyncRedis, ops: list[Op[T]]) -> list[T]:
+        if self.durability is None:
+            return await arun_many(client, ops)
+        return await arun_durably(client, ops, self.durability)
 
     async def _complete_one_by_one(
         self, client: AsyncRedis, queue: Queue, batch: list[Completion]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Literal
@@ -497,95 +497,158 @@ def _input(value: Any) -> Any:
 # -- workflows across queues: the relay --------------------------------------------------
 
 RELAY_BATCH = 100
-"""Messages read from an outbox per round trip."""
+"""Messages read from an outbox per round trip (and delivered per script call)."""
 log = logging.getLogger("redwork.workflow")
-Steps = Generator[Op[Any], Any, int]
-"""Round trips to make, each sent by the caller, its reply sent back in (so that the
-sync and the async clients share the logic); returns what was delivered."""
+Steps = Generator[list[Op[Any]], list[Any], int]
+"""Round trips to make (the ops of one are pipelined), each sent by the caller and its
+replies sent back in, so that the sync and the async clients share the logic; returns
+how many messages were delivered."""
+_SCRIPT_OF = {"run": "dispatch", "cancel": "withdraw", "ended": "report", "reopen": "report"}
+_REQUIRED: dict[str, tuple[tuple[str, type], ...]] = {
+    "run": (("home", str), ("data", str)),
+    "cancel": (),
+    "ended": (("seq", int), ("outcome", str)),
+    "reopen": (("seq", int),),
+}
 
 
 def relay(sources: Iterable[str], ttl: int) -> Steps:
     """Deliver the messages in the outboxes of the queues `sources` (and of the queues
-    those deliveries write to) to the scripts of their queues, oldest first, removing
+    those deliveries wrote to) to the scripts of their queues, oldest first, removing
     each once delivered. Safe to run at any time, by any number of callers at once: a
-    message delivered twice applies once (see includes/workflow.lua)."""
+    message delivered twice applies once (see includes/workflow.lua). A message that
+    cannot be delivered (malformed, or refused by the server) is set aside in its
+    queue's `outbox:refused` with a log line, so that it holds up nothing."""
     todo = deque(dict.fromkeys(sources))
     delivered = 0
     while todo:
         source = Queue(todo.popleft())
-        messages: list[bytes] = yield source.outbox_messages(RELAY_BATCH)
-        moved = 0
-        for message in messages:
-            target, op = _delivery(message, ttl)
-            if op is not None:
-                try:
-                    reply = yield op
-                except REFUSED as exc:
-                    if isinstance(exc, TRANSIENT):
-                        raise
-                    # Not to be retried for ever, nor to hold up the messages after it.
-                    log.error(
-                        "the server refused an outbox message of %s (%s); it is kept in %s: "
-                        "%.200r", source.name, exc, source.refused, message,
-                    )  # fmt: skip
-                    yield source.set_aside(message)
-                    reply = None
-                if reply is Code.LATER:
-                    continue  # an earlier message about its node comes first
-                if target not in todo:
-                    todo.append(target)  # the delivery may have written its outbox
-            yield source.remove_message(message)
-            moved += 1
-        delivered += moved
-        if len(messages) == RELAY_BATCH and moved and source.name not in todo:
+        (messages,) = yield [source.outbox_messages(RELAY_BATCH)]
+        handled: list[bytes] = []
+        for target, script, group in _groups(source, messages):
+            if script is None:
+                yield [source.set_aside(m) for m in group]
+                handled += group
+                continue
+            try:
+                (replies,) = yield [_deliver(target, script, group, ttl)]
+            except REFUSED as exc:
+                if isinstance(exc, TRANSIENT):
+                    raise
+                replies = yield from _one_by_one(source, target, script, group, ttl, exc)
+            codes, wrote = replies
+            handled += [m for m, code in zip(group, codes, strict=True) if code is not Code.LATER]
+            if wrote and target.name not in todo:
+                todo.append(target.name)  # the delivery wrote messages of its own
+        if handled:
+            yield [source.remove_message(m) for m in handled]
+        delivered += len(handled)
+        if len(messages) == RELAY_BATCH and handled and source.name not in todo:
             todo.append(source.name)
     return delivered
 
 
-def _delivery(message: bytes, ttl: int) -> tuple[str, Op[Any] | None]:
-    """The queue a message is for, and the call that delivers it (None for a message
-    that cannot be read: written by something else than redwork, it is dropped)."""
+def _groups(
+    source: Queue, messages: list[bytes]
+) -> Iterator[tuple[Queue, str | None, list[bytes]]]:
+    """Runs of consecutive messages for the same script of the same queue (delivered
+    in one call, in order); a malformed message alone, with no script."""
+    group: list[bytes] = []
+    current = ("", "")
+    for message in messages:
+        parsed = _parse(source, message)
+        if group and parsed != current:
+            yield Queue(current[0]), current[1], group
+            group = []
+        if parsed is None:
+            yield source, None, [message]
+        else:
+            current = parsed
+            group.append(message)
+    if group:
+        yield Queue(current[0]), current[1], group
+
+
+def _parse(source: Queue, message: bytes) -> tuple[str, str] | None:
+    """(queue, script) a message is for; None (logged) when it is not a message redwork
+    writes: a script would fail on it, after applying what came before in its call."""
     try:
         fields = orjson.loads(message)
-        target = Queue(fields["queue"])
+        target = Queue(fields["queue"]).name
         kind = fields["op"]
+        if not isinstance(fields["id"], str) or not isinstance(fields["wf"], str):
+            raise TypeError("id and wf must be strings")
+        for name, kind_of in _REQUIRED[kind]:
+            if not isinstance(fields[name], kind_of):
+                raise TypeError(f"{name} must be a {kind_of.__name__}")
+        if kind == "ended" and fields["outcome"] not in ("succeeded", "failed", "cancelled"):
+            raise TypeError(f"no outcome {fields['outcome']!r}")
     except (orjson.JSONDecodeError, TypeError, KeyError, InvalidName) as exc:
-        log.error("dropped an outbox message that is not redwork's (%s): %.200r", exc, message)
-        return "", None
-    if kind == "run":
-        return target.name, target.dispatch(message)
-    if kind == "cancel":
-        return target.name, target.withdraw(message, ttl)
-    if kind in ("ended", "reopen"):
-        return target.name, target.report(message)
-    log.error("dropped an outbox message of unknown kind %r: %.200r", kind, message)
-    return "", None
+        log.error(
+            "an outbox message of %s is not one redwork writes (%s); it is kept in %s: %.200r",
+            source.name, exc, source.refused, message,
+        )  # fmt: skip
+        return None
+    return target, _SCRIPT_OF[kind]
 
 
-def drive(steps: Steps, send: Callable[[Op[Any]], Any]) -> int:
-    """Run `steps`, sending each op with `send`; an error is thrown back into them."""
+def _deliver(target: Queue, script: str, messages: list[bytes], ttl: int) -> Op[Any]:
+    if script == "dispatch":
+        return target.dispatch(messages)
+    if script == "withdraw":
+        return target.withdraw(messages, ttl)
+    return target.report(messages)
+
+
+def _one_by_one(
+    source: Queue, target: Queue, script: str, group: list[bytes], ttl: int, error: Exception
+) -> Generator[list[Op[Any]], list[Any], tuple[list[Any], int]]:
+    """After the server refused a call of several messages: each alone, setting aside
+    the ones it still refuses (those before were applied, and apply once again)."""
+    codes: list[Any] = []
+    wrote = 0
+    for message in group:
+        try:
+            ((reply, written),) = yield [_deliver(target, script, [message], ttl)]
+            codes += reply
+            wrote += written
+        except REFUSED as exc:
+            if isinstance(exc, TRANSIENT):
+                raise
+            log.error(
+                "the server refused an outbox message of %s (%s); it is kept in %s: %.200r",
+                source.name, exc if len(group) == 1 else error, source.refused, message,
+            )  # fmt: skip
+            yield [source.set_aside(message)]
+            codes.append(None)
+    return codes, wrote
+
+
+def drive(steps: Steps, send: Callable[[list[Op[Any]]], list[Any]]) -> int:
+    """Run `steps`, sending each round trip's ops with `send`; an error is thrown back
+    into them."""
     try:
-        op = next(steps)
+        ops = next(steps)
         while True:
             try:
-                reply = send(op)
+                replies = send(ops)
             except Exception as exc:
-                op = steps.throw(exc)
+                ops = steps.throw(exc)
             else:
-                op = steps.send(reply)
+                ops = steps.send(replies)
     except StopIteration as done:
         return int(done.value)
 
 
-async def adrive(steps: Steps, send: Callable[[Op[Any]], Awaitable[Any]]) -> int:
+async def adrive(steps: Steps, send: Callable[[list[Op[Any]]], Awaitable[list[Any]]]) -> int:
     try:
-        op = next(steps)
+        ops = next(steps)
         while True:
             try:
-                reply = await send(op)
+                replies = await send(ops)
             except Exception as exc:
-                op = steps.throw(exc)
+                ops = steps.throw(exc)
             else:
-                op = steps.send(reply)
+                ops = steps.send(replies)
     except StopIteration as done:
         return int(done.value)
