@@ -59,6 +59,9 @@ log = logging.getLogger("redwork.client")
 # Jobs per enqueue script call: large enough to amortise the round trip, small enough
 # not to hold the server for more than a few milliseconds.
 ENQUEUE_CHUNK = 1000
+# A queue's first chunk is smaller: its workers start on a large batch a few milliseconds
+# after the call begins, instead of once the first 1,000 jobs are stored.
+FIRST_CHUNK = 100
 
 
 def _chunks(jobs: Sequence[tuple[Queue, NewJob]]) -> Iterable[tuple[Queue, list[NewJob]]]:
@@ -66,7 +69,8 @@ def _chunks(jobs: Sequence[tuple[Queue, NewJob]]) -> Iterable[tuple[Queue, list[
     for queue, job in jobs:
         by_queue.setdefault(queue.name, (queue, []))[1].append(job)
     for queue, queued in by_queue.values():
-        for start in range(0, len(queued), ENQUEUE_CHUNK):
+        yield queue, queued[:FIRST_CHUNK]
+        for start in range(FIRST_CHUNK, len(queued), ENQUEUE_CHUNK):
             yield queue, queued[start : start + ENQUEUE_CHUNK]
 
 

@@ -32,6 +32,9 @@ FSYNC_POLICIES = ("always", "everysec")
 DEFAULT_DATA_DIR = Path(".redwork")
 _SUN_PATH_MAX = 100  # sun_path holds 108 bytes on Linux and 104 on macOS
 _POLL = 0.05
+HASH_MAX_LISTPACK_VALUE = 1024
+"""Bytes a hash field may hold before the server stores the hash as a hash table (see
+docs/deployment.md: also worth setting on a server of your own)."""
 
 
 class ServerError(RedworkError):
@@ -127,6 +130,9 @@ def server_config(
         "--appendfsync", fsync,
         "--save", "",  # the AOF is the durability story; RDB snapshots only add forks
         "--maxmemory-policy", "noeviction",  # an evicted key is a silently lost job
+        # A job's hash holds its document (usually 100-1,000 bytes); past 64 bytes the
+        # default stores the hash as a hash table, 160 bytes more per waiting job.
+        "--hash-max-listpack-value", str(HASH_MAX_LISTPACK_VALUE),
         "--protected-mode", "yes",
         "--daemonize", "yes" if daemonize else "no",
     ]  # fmt: skip
