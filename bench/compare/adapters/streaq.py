@@ -22,24 +22,10 @@ from typing import Any
 from streaq import Worker
 from streaq.task import AsyncRegisteredTask
 
-from bench.compare.common import QUEUE, RECORDER, main, pace, sleep_ms
+from bench.compare.common import ASYNC_TASKS, QUEUE, RECORDER, main, pace, sleep_ms
 
 CHUNK = 1000
 """Tasks per enqueue_many pipeline."""
-
-
-async def noop() -> None:
-    RECORDER.done()
-
-
-async def sleep(ms: float) -> None:
-    await asyncio.sleep(ms / 1000)
-    RECORDER.done()
-
-
-async def latency(sent_at: float) -> None:
-    RECORDER.latency(sent_at)
-    RECORDER.done()
 
 
 def _worker(
@@ -52,7 +38,7 @@ def _worker(
         serializer=json.dumps,
         deserializer=json.loads,
     )
-    tasks = {fn.__name__: worker.task(ttl=0, silent=True)(fn) for fn in (noop, sleep, latency)}
+    tasks = {fn.__name__: worker.task(ttl=0, silent=True)(fn) for fn in ASYNC_TASKS}
     return worker, tasks
 
 

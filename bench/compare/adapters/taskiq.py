@@ -35,32 +35,15 @@ from taskiq import AsyncTaskiqDecoratedTask
 from taskiq.receiver import Receiver
 from taskiq_redis import RedisStreamBroker
 
-from bench.compare.common import QUEUE, RECORDER, main, pace, sleep_ms
+from bench.compare.common import ASYNC_TASKS, QUEUE, RECORDER, main, pace, sleep_ms
 
 CHUNK = 500
 """`.kiq()` calls gathered at once (the pool lends 50 connections, taskiq-redis's default)."""
 
 
-async def noop() -> None:
-    RECORDER.done()
-
-
-async def sleep(ms: float) -> None:
-    await asyncio.sleep(ms / 1000)
-    RECORDER.done()
-
-
-async def latency(sent_at: float) -> None:
-    RECORDER.latency(sent_at)
-    RECORDER.done()
-
-
 def _broker(url: str) -> tuple[RedisStreamBroker, dict[str, AsyncTaskiqDecoratedTask[Any, Any]]]:
     broker = RedisStreamBroker(url, queue_name=QUEUE, consumer_id="0")
-    tasks = {
-        fn.__name__: broker.register_task(fn, task_name=fn.__name__)
-        for fn in (noop, sleep, latency)
-    }
+    tasks = {fn.__name__: broker.register_task(fn, task_name=fn.__name__) for fn in ASYNC_TASKS}
     return broker, tasks
 
 
