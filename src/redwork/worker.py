@@ -264,8 +264,12 @@ class Worker:
                 await self._slot_freed.wait()  # stop() sets it too
                 continue
             try:
+                asked = self._wanted()
                 got, next_due_ms = await self._fetch_once()
-                if got == 0:
+                # Fewer jobs than asked for: rather than fetch again (empty, most of the
+                # time), block on the markers. A fetch that leaves work behind sets its
+                # queue's marker again, so the wait then returns at once.
+                if got < asked:
                     await self._wait_for_work(markers, next_due_ms)
                 backoff.reset()
             except TRANSIENT as exc:
