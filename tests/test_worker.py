@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,9 @@ from redwork import JobFailed, JobState, Redwork, Worker
 from redwork.job import Envelope
 from redwork.queue import NewJob, Queue, run
 from redwork.scripts import Code
+from redwork.settings import Settings
 from tests import tasks
-from tests.conftest import DAY_MS, count_events, stop_worker, wait_for_event
+from tests.conftest import DAY_MS, ROOT, count_events, stop_worker, wait_for_event, worker_env
 
 Q = Queue("default")
 
@@ -440,3 +443,27 @@ async def test_a_job_running_three_leases_keeps_its_lease_and_runs_once(
     assert (info.attempt, info.state) == (1, JobState.COMPLETED)
     assert count_events(r, "default", "recovered") == 0
     assert count_events(r, "default", "active") == 1  # one delivery
+
+
+def test_a_worker_whose_own_code_fails_exits_with_the_error_despite_a_running_thread(
+    app: Redwork, settings: Settings
+) -> None:
+    # A bug in a role of the worker (not in a task) ends the process at once, logged and
+    # with status 1, although a plain-function task still sleeps in its thread (the
+    # interpreter's own exit would wait for it); its job is recovered by another worker.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "redwork", "worker", "tests.broken_worker:app"],
+        env=worker_env(settings, processes=1),
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        tasks.sync_sleep.enqueue(60)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 1, stderr
+    assert "the worker stopped on an error" in stderr
+    assert "injected fault in a worker role" in stderr

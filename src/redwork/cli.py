@@ -268,11 +268,17 @@ def _run_single_worker(app: Redwork, settings: Settings) -> None:
         )
         await worker.run()
 
-    asyncio.run(main())
-    # Threads of plain-function tasks that overran cannot be stopped; do not wait for them.
+    code = 0
+    try:
+        asyncio.run(main())
+    except BaseException:  # a bug in the worker itself: say so, and exit all the same
+        logging.getLogger("redwork.worker").exception("the worker stopped on an error")
+        code = 1
+    # Threads of plain-function tasks that overran cannot be stopped; do not wait for them
+    # (the interpreter's exit would, for as long as they run).
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 @cli.command("scheduler")
