@@ -51,6 +51,8 @@ class Reporter:
         self._to_relay: set[str] = set()
         """Queues whose outbox the outcomes sent may have written to."""
         self._relay_due = asyncio.Event()
+        self._reported = False
+        """run() has ended: no outcome will ask for a relay any more."""
         self._pending = asyncio.Event()
         self._closing = False
 
@@ -82,6 +84,13 @@ class Reporter:
         self._pending.set()
 
     async def run(self, client: AsyncRedis, hard_stop: asyncio.Event) -> None:
+        try:
+            await self._report(client, hard_stop)
+        finally:
+            self._reported = True  # run_relays() ends once it has relayed what is left
+            self._relay_due.set()
+
+    async def _report(self, client: AsyncRedis, hard_stop: asyncio.Event) -> None:
         backoff = Backoff()
         loop = asyncio.get_running_loop()
         failing_since: float | None = None
@@ -145,19 +154,15 @@ class Reporter:
                 del failed[: len(failures)]
                 self._note_fenced(queue, [f.id for f in failures], codes)
 
-    async def run_relays(self, client: AsyncRedis, reporter_done: asyncio.Event) -> None:
-        """Relay the outboxes that reported outcomes wrote to, until the reporter is done
-        and nothing is left (what a stopped worker leaves, others' sweeps deliver)."""
+    async def run_relays(self, client: AsyncRedis) -> None:
+        """Relay the outboxes that reported outcomes wrote to, until run() has ended and
+        nothing is left (what a stopped worker leaves, others' sweeps deliver)."""
         backoff = Backoff()
         while True:
             if not self._to_relay:
-                if reporter_done.is_set():
+                if self._reported:
                     return
-                waiting = asyncio.ensure_future(self._relay_due.wait())
-                done = asyncio.ensure_future(reporter_done.wait())
-                await asyncio.wait({waiting, done}, return_when=asyncio.FIRST_COMPLETED)
-                waiting.cancel()
-                done.cancel()
+                await self._relay_due.wait()
                 self._relay_due.clear()
                 continue
             queues, self._to_relay = self._to_relay, set()
@@ -166,7 +171,7 @@ class Reporter:
                 backoff.reset()
             except TRANSIENT as exc:
                 self._to_relay |= queues
-                if reporter_done.is_set():
+                if self._reported:
                     log.warning("relaying workflow messages failed: %s; left to others", exc)
                     return
                 await asyncio.sleep(backoff.next("relay workflow messages", exc))

@@ -139,10 +139,7 @@ class Worker:
                 reporter = roles.create_task(
                     self._reporter.run(self._reporting, self._hard_stop), name="reporter"
                 )
-                reported = asyncio.Event()
-                relayer = roles.create_task(
-                    self._reporter.run_relays(self._redis, reported), name="relayer"
-                )
+                relayer = roles.create_task(self._reporter.run_relays(self._redis), name="relayer")
                 roles.create_task(self._heartbeat_loop(), name="heartbeat")
                 roles.create_task(self._recover_loop(), name="recoverer")
                 roles.create_task(self._abort_listener(), name="abort listener")
@@ -160,7 +157,6 @@ class Worker:
                 await self._hand_back_unfinished()
                 self._reporter.close()
                 await reporter
-                reported.set()
                 await relayer
                 self._services_done.set()
             await self._deregister()
