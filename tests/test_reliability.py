@@ -24,7 +24,7 @@ import redis
 
 from redwork import JobState, Redwork, Settings
 from redwork.client import Client
-from redwork.job import Envelope, new_job_id, now_ms
+from redwork.job import Envelope, new_job_id
 from redwork.queue import Queue
 from redwork.registry import WORKERS_CHANNEL
 from redwork.server import ServerProcess, free_port
@@ -532,7 +532,7 @@ def test_malformed_payloads_and_unknown_tasks_are_failed_and_the_worker_carries_
         mapping={"data": b"{not json", "state": "waiting", "attempt": 0, "token": 0},
     )
     r.lpush(QUEUE.wait, "bad-doc")
-    unknown = Envelope(id=new_job_id(), task="no.such.task", queue=Q, enqueued_at=now_ms())
+    unknown = Envelope(id=new_job_id(), task="no.such.task", queue=Q)
     app.enqueue_many([unknown])
 
     failed: dict[str, dict[str, str]] = {}

@@ -14,14 +14,15 @@ An adapter is a module run as `python -m bench.compare.adapters.<system> <comman
 
 Tasks report through `Recorder` (process-global): `done()` after every job, and
 `latency(sent_at)` as a latency job starts. A daemon thread sends the counts every
-FLUSH_EVERY seconds (one INCRBY, one RPUSH), so that measuring costs the systems next
-to nothing per job, and the same for all.
+FLUSH_EVERY seconds (one INCRBY with a ZADD of the latest end's time, one RPUSH), so
+that measuring costs the systems next to nothing per job, and the same for all.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import random
 import threading
@@ -33,6 +34,8 @@ import redis
 
 DONE_KEY = "bench:done"
 LATENCY_KEY = "bench:latency"
+LAST_DONE_KEY = "bench:last-done"
+"""ZSET with one member whose score is the wall-clock time of the latest job end seen."""
 QUEUE = "bench"
 """The queue (or its equivalent) every adapter uses."""
 FLUSH_EVERY = 0.01
@@ -45,12 +48,23 @@ def sleep_ms(count: int, seed: int) -> list[float]:
     return [rng.uniform(10.0, 60.0) for _ in range(count)]
 
 
+def ideal_seconds(durations_ms: list[float], concurrency: int) -> float:
+    """How long `concurrency` slots take to run the jobs, in enqueue order, when each job
+    starts the moment a slot frees: a queue with no overhead. (Total time over
+    concurrency is lower, but only a scheduler that reorders jobs by length gets near it.)"""
+    slots = [0.0] * concurrency
+    for ms in durations_ms:
+        heapq.heappush(slots, heapq.heappop(slots) + ms)
+    return max(slots) / 1000
+
+
 class Recorder:
     """Counts finished jobs and collects start latencies in a worker process."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._done = 0
+        self._last_done = 0.0
         self._latencies: list[float] = []
         self._client: redis.Redis | None = None
         self._started = False
@@ -65,8 +79,12 @@ class Recorder:
         threading.Thread(target=self._flush_loop, name="bench-recorder", daemon=True).start()
 
     def done(self) -> None:
+        # The clock is read here, not at the flush: the runner times the last job's end
+        # as it happened, not up to a flush period plus a poll later.
+        at = time.time()
         with self._lock:
             self._done += 1
+            self._last_done = at
 
     def latency(self, sent_at: float) -> None:
         """Seconds from the producer's enqueue call to the start of the run (one clock)."""
@@ -82,6 +100,7 @@ class Recorder:
     def flush(self) -> None:
         with self._lock:
             done, self._done = self._done, 0
+            last_done = self._last_done
             latencies, self._latencies = self._latencies, []
         if self._client is None or not (done or latencies):
             return
@@ -90,6 +109,7 @@ class Recorder:
             pipe.rpush(LATENCY_KEY, *latencies)
         if done:
             pipe.incrby(DONE_KEY, done)
+            pipe.zadd(LAST_DONE_KEY, {"last": last_done}, gt=True)
         pipe.execute()
 
 

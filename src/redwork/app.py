@@ -27,7 +27,6 @@ from redwork.job import (
     check_priority,
     check_unique_policy,
     new_job_id,
-    now_ms,
 )
 from redwork.limits import Limit, read_limits, set_limit
 from redwork.queue import Op
@@ -194,7 +193,6 @@ class Task(Generic[P, R]):
             kwargs=dict(kwargs),
             retry=o.retry,
             timeout=o.timeout,
-            enqueued_at=now_ms(),
             key=None if o.key is None else check_key("key", o.key),
             idempotency_key=(
                 None

@@ -197,7 +197,6 @@ class Envelope:
     retried jobs go first)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     timeout: float | None = None
-    enqueued_at: int = 0
     key: str | None = None
     """Per-key ordering: jobs of one key never run at once, and start in enqueue order."""
     workflow: dict[str, Any] | None = None
@@ -227,7 +226,6 @@ class Envelope:
             document["args"] = self.args
         if self.kwargs:
             document["kwargs"] = self.kwargs
-        document["enqueued_at"] = self.enqueued_at
         if self.priority:
             document["priority"] = self.priority
         if self.retry_priority is not None:
@@ -276,7 +274,6 @@ class Envelope:
                 retry_priority=doc.get("retry_priority"),
                 retry=RetryPolicy.of(doc),
                 timeout=call.timeout,
-                enqueued_at=int(doc.get("enqueued_at", 0)),
                 key=doc.get("key"),
                 workflow=doc.get("workflow"),
                 idempotency_key=doc.get("idempotency_key"),
