@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from redwork import __version__, logs
 from redwork.app import Redwork
 from redwork.client import Client
 from redwork.errors import JobNotFound, NotCancellable, RedworkError, WorkflowNotFound
@@ -80,6 +81,12 @@ def _settings(ctx: click.Context, **explicit: Any) -> Settings:
     "bundled Valkey (env REDWORK_SERVER_BINARY).",
 )
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (env REDWORK_LOG_LEVEL).")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    help="text lines, or one JSON object per line (env REDWORK_LOG_FORMAT, default text).",
+)
+@click.version_option(__version__, prog_name="redwork")
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -88,6 +95,7 @@ def cli(
     fsync: str | None,
     server_binary: str | None,
     log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """redwork: a job queue and workers on Redis or Valkey.
 
@@ -105,13 +113,10 @@ def cli(
         "fsync": fsync,
         "server_binary": server_binary,
         "log_level": log_level,
+        "log_format": log_format,
     }
-    level = Settings.load(log_level=log_level).log_level
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-    )
+    settings = Settings.load(log_level=log_level, log_format=log_format)
+    logs.setup(settings.log_level, settings.log_format)
 
 
 @cli.command()
@@ -214,6 +219,7 @@ def serve(ctx: click.Context, app_path: str, host: str | None, port: int | None)
       redwork serve myapp.web:api --host 0.0.0.0 --port 8080
     """
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     settings = _settings(ctx, api_host=host, api_port=port)
     # Settings reach an app built at import time through the environment.
@@ -237,6 +243,8 @@ def serve(ctx: click.Context, app_path: str, host: str | None, port: int | None)
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        # JSON logs: uvicorn's records go through redwork's handler, not its own format.
+        log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         ws_ping_interval=settings.api_ping_interval,
         proxy_headers=False,
     )
@@ -966,6 +974,26 @@ def demo(
     from redwork.demo import run_demo
 
     run_demo(_settings(ctx.find_root()), iterations, workers, concurrency, seed, console)
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell's completion script for redwork (commands, options, choices).
+
+    \b
+    Examples:
+      redwork completion bash > ~/.local/share/bash-completion/completions/redwork
+      redwork completion zsh > "${fpath[1]}/_redwork"
+      redwork completion fish > ~/.config/fish/completions/redwork.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completion_class = get_completion_class(shell)
+    assert completion_class is not None  # the three choices are click's own shells
+    # The same script click prints for _REDWORK_COMPLETE=<shell>_source redwork.
+    script = completion_class(cli, {}, "redwork", "_REDWORK_COMPLETE").source()
+    click.echo(script)
 
 
 def main() -> None:

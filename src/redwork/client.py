@@ -4,15 +4,17 @@ plain code (sync methods) or from asyncio (the same names prefixed with `a`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from redwork import connection
+from redwork import connection, tracing
 from redwork.connection import AsyncRedis, SyncRedis
 from redwork.errors import (
     JobCancelled,
@@ -87,6 +89,7 @@ class Client:
         self._queues: dict[str, Queue] = {}
         self._known_queues: set[str] = set()
         self._lock = threading.Lock()
+        self._tracer = tracing.tracer(settings.tracing)
 
     @property
     def url(self) -> str:
@@ -136,10 +139,11 @@ class Client:
         """Store jobs; returns their ids. A job whose id exists already is not added
         again (the id is returned all the same); nor is one whose idempotency key was
         used within the retention window: the id of the job that used it is returned."""
-        plan = self._plan_enqueue(envelopes)
-        if plan.new_queues:
-            self.redis().sadd(QUEUES_KEY, *plan.new_queues)
-        replies = self.write(plan.ops, "enqueue")
+        with self._enqueue_span(envelopes):
+            plan = self._plan_enqueue(envelopes)
+            if plan.new_queues:
+                self.redis().sadd(QUEUES_KEY, *plan.new_queues)
+            replies = self.write(plan.ops, "enqueue")
         return self._enqueued(plan, replies)
 
     def job(self, queue: str, job_id: str) -> JobRecord:
@@ -278,11 +282,12 @@ class Client:
         return await self._aretrying(partial(arun_durably, client, ops, durability), what)
 
     async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
-        plan = self._plan_enqueue(envelopes)
-        client = await self.aredis()
-        if plan.new_queues:
-            await client.sadd(QUEUES_KEY, *plan.new_queues)
-        replies = await self.awrite(plan.ops, "enqueue")
+        with self._enqueue_span(envelopes):
+            plan = self._plan_enqueue(envelopes)
+            client = await self.aredis()
+            if plan.new_queues:
+                await client.sadd(QUEUES_KEY, *plan.new_queues)
+            replies = await self.awrite(plan.ops, "enqueue")
         return self._enqueued(plan, replies)
 
     async def ajob(self, queue: str, job_id: str) -> JobRecord:
@@ -391,6 +396,11 @@ class Client:
 
     def _cancel_workflow(self, queue: str, workflow_id: str) -> Op[int | str]:
         return self.queue(queue).cancel_workflow(workflow_id, self.settings.result_ttl)
+
+    def _enqueue_span(self, envelopes: Sequence[Envelope]) -> AbstractContextManager[None]:
+        if self._tracer is None or not envelopes:
+            return contextlib.nullcontext()
+        return tracing.enqueue_span(self._tracer, envelopes)
 
     def _plan_enqueue(self, envelopes: Sequence[Envelope]) -> _EnqueuePlan:
         """Encode every job first: a batch with one bad job stores nothing."""

@@ -210,6 +210,8 @@ class Envelope:
     existing job's id comes back) or replace (a job that has not started is cancelled and
     this one takes its place; a running one still rejects)."""
     meta: dict[str, Any] = field(default_factory=dict)
+    trace: dict[str, str] | None = None
+    """W3C trace context of the enqueue span (set when tracing is on)."""
     delay_ms: int | None = None
     """Not part of the document: the job becomes runnable this many ms after the server
     stores it (countdown, or an eta turned into one)."""
@@ -251,6 +253,8 @@ class Envelope:
             document["unique_policy"] = self.unique_policy
         if self.meta:
             document["meta"] = self.meta
+        if self.trace:
+            document["trace"] = self.trace
         data = to_json(document, f"job {self.task}: its arguments")
         if len(data) > max_bytes:
             raise PayloadTooLarge(
@@ -281,6 +285,7 @@ class Envelope:
                 unique_key=doc.get("unique_key"),
                 unique_policy=doc.get("unique_policy", "reject"),
                 meta=doc.get("meta") or {},
+                trace=doc.get("trace"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad field: {exc}") from exc

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TypeVar
 
+from redwork import logs
 from redwork.connection import REFUSED, TRANSIENT, AsyncRedis, Backoff
 from redwork.queue import (
     Completion,
@@ -205,6 +206,7 @@ class Reporter:
                     completion.id,
                     queue.name,
                     exc,
+                    extra=logs.about_job(completion.id, queue.name),
                 )
                 error = f"the server refused this job's result: {exc}"
                 self.failed(
@@ -226,6 +228,7 @@ class Reporter:
                     "job %s of %s: result refused, the lease was lost to another worker (fenced)",
                     job_id,
                     queue.name,
+                    extra=logs.about_job(job_id, queue.name),
                 )
             elif code is Code.CONFLICT:
                 self.conflicts += 1
@@ -234,4 +237,5 @@ class Reporter:
                     "longer matched); nothing was written and the run counts as failed",
                     job_id,
                     queue.name,
+                    extra=logs.about_job(job_id, queue.name),
                 )

