@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import signal
+import socket
 from collections.abc import Callable
 
 import httpx
 import pytest
 import redis
+from fastapi import WebSocket, WebSocketDisconnect
+from fastapi.testclient import TestClient
 
+from redwork import Redwork
+from redwork.api import create_api
+from redwork.cli import SERVE_SHUTDOWN_GRACE
 from tests.conftest import ApiProcess, WorkerProcess, wait_for_event
 
 
@@ -254,3 +261,40 @@ def test_openapi_schema_and_docs_are_served(http: httpx.Client) -> None:
     for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/queues", "/api/workers", "/api/events"):
         assert path in schema["paths"], path
     assert http.get("/docs").status_code == 200
+
+
+def test_routes_an_app_adds_need_the_token_too(app: Redwork) -> None:
+    api = create_api(app, app.settings.replace(api_token="s3cret"))
+
+    @api.get("/mine")
+    async def mine() -> dict[str, bool]:
+        return {"ok": True}
+
+    @api.websocket("/mine/live")
+    async def mine_live(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    good = {"Authorization": "Bearer s3cret"}
+    with TestClient(api) as http:
+        assert http.get("/mine").status_code == 401
+        assert http.get("/mine", headers=good).json() == {"ok": True}
+        assert http.get("/healthz").status_code == 200
+        with pytest.raises(WebSocketDisconnect) as refused, http.websocket_connect("/mine/live"):
+            pass
+        assert refused.value.code == 4401
+        with http.websocket_connect("/mine/live", headers=good) as live:
+            assert live.receive_text() == "hello"
+
+
+def test_serve_stops_on_sigterm_while_a_dashboard_stream_is_open(
+    spawn_api: Callable[..., ApiProcess],
+) -> None:
+    api = spawn_api()
+    with socket.create_connection(("127.0.0.1", api.port), timeout=10) as feed:
+        feed.sendall(b"GET /api/stats/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert b"event: stats" in feed.recv(65536) + feed.recv(65536)  # the stream is open
+        api.proc.terminate()
+        # uvicorn re-raises the SIGTERM once it has shut down: the status says so.
+        assert api.proc.wait(SERVE_SHUTDOWN_GRACE + 15) == -signal.SIGTERM

@@ -34,12 +34,14 @@ from fastapi import (
     Response,
     WebSocket,
     WebSocketDisconnect,
+    WebSocketException,
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from redwork import connection
@@ -591,13 +593,19 @@ def create_api(app: Redwork, settings: Settings | None = None) -> FastAPI:
     _live_routes(api, service, settings)
     _state_routes(api, service, authorized)
     _dashboard_routes(api, service, settings, authorized)
+    # Routes an app adds to this API afterwards (examples/orchestrator's /tasks) need the
+    # token too: FastAPI gives a router's dependencies to each route added later.
+    api.router.dependencies.append(authorized)
     return api
 
 
-def token_check(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    async def check(request: Request) -> None:
-        if not authorized(settings, request.headers.get("authorization"), request.cookies):
-            raise HTTPException(401, "a valid token is required: Authorization: Bearer <token>")
+def token_check(settings: Settings) -> Callable[[HTTPConnection], Awaitable[None]]:
+    async def check(connection: HTTPConnection) -> None:
+        if authorized(settings, connection.headers.get("authorization"), connection.cookies):
+            return
+        if isinstance(connection, WebSocket):
+            raise WebSocketException(4401, "a valid token is required")
+        raise HTTPException(401, "a valid token is required: Authorization: Bearer <token>")
 
     return check
 

@@ -246,8 +246,15 @@ def serve(ctx: click.Context, app_path: str, host: str | None, port: int | None)
         # JSON logs: uvicorn's records go through redwork's handler, not its own format.
         log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
         ws_ping_interval=settings.api_ping_interval,
+        # Live streams (an open dashboard) never end by themselves: on SIGTERM, requests
+        # get this long to finish, then the streams are cut (the API holds no jobs).
+        timeout_graceful_shutdown=SERVE_SHUTDOWN_GRACE,
         proxy_headers=False,
     )
+
+
+SERVE_SHUTDOWN_GRACE = 5
+"""Seconds `redwork serve` lets requests finish after SIGTERM before it cuts them."""
 
 
 def _run_single_worker(app: Redwork, settings: Settings) -> None:
