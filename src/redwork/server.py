@@ -196,9 +196,10 @@ class ServerProcess:
 
     def __init__(
         self, data_dir: Path, *, port: int | None = None, fsync: str = "everysec",
-        binary: str | None = None, extra: Sequence[str] = (),
+        binary: str | None = None, extra: Sequence[str] = (), cluster_bus: bool = False,
     ) -> None:  # fmt: skip
-        """`extra`: more server arguments (cluster mode, replication, TLS)."""
+        """`extra`: more server arguments (cluster mode, replication, TLS); `cluster_bus`:
+        pick a port for the cluster bus too (`--cluster-port`)."""
         _check_fsync(fsync)
         self.extra = list(extra)
         self.data_dir = Path(data_dir).absolute()
@@ -207,6 +208,7 @@ class ServerProcess:
         self._binary = find_server_binary(binary)
         self._pick_port = port is None  # until the first start succeeds on a picked port
         self._port = free_port() if port is None else port
+        self.bus_port = free_port() if cluster_bus else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._paused = False
 
@@ -235,15 +237,18 @@ class ServerProcess:
                 self._spawn(timeout)
                 break
             except ServerError:
-                # free_port() is racy: another process may bind the port before the server.
+                # free_port() is racy: another process may bind a port before the server.
                 if not self._pick_port or attempt == 2 or "in use" not in _log_tail(self.log_path):
                     raise
                 self._port = free_port()
+                if self.bus_port is not None:
+                    self.bus_port = free_port()
         self._pick_port = False
 
     def _args(self) -> list[str]:
         config = server_config(self.data_dir, port=self._port, fsync=self._fsync)
-        return [self._binary, *config, *self.extra]
+        bus = [] if self.bus_port is None else ["--cluster-port", str(self.bus_port)]
+        return [self._binary, *config, *bus, *self.extra]
 
     def _spawn(self, timeout: float) -> None:
         args = self._args()
@@ -575,6 +580,7 @@ class LocalCluster(_ServerSet):
                     node_dir,
                     fsync=fsync,
                     binary=binary,
+                    cluster_bus=True,
                     extra=[
                         "--cluster-enabled",
                         "yes",
@@ -582,8 +588,6 @@ class LocalCluster(_ServerSet):
                         str(node_dir / "nodes.conf"),
                         "--cluster-node-timeout",
                         str(node_timeout_ms),
-                        "--cluster-port",
-                        str(free_port()),
                         # A replica may take over however long it was cut off.
                         "--cluster-replica-validity-factor",
                         "0",
@@ -613,7 +617,8 @@ class LocalCluster(_ServerSet):
         for index, port in enumerate(ports):
             _command(port, "CLUSTER", "SET-CONFIG-EPOCH", index + 1)
         for node in self.nodes[1:]:
-            _command(ports[0], "CLUSTER", "MEET", "127.0.0.1", node.port, _bus_port(node))
+            assert node.bus_port is not None  # every node is made with cluster_bus
+            _command(ports[0], "CLUSTER", "MEET", "127.0.0.1", node.port, node.bus_port)
 
         def met() -> bool:
             return all(len(_cluster_nodes(port)) == len(ports) for port in ports)
@@ -648,10 +653,6 @@ class LocalCluster(_ServerSet):
         for node in self.nodes:
             if node.running and _replication(node.port, "role") == "master":
                 _command(node.port, "FLUSHALL")
-
-
-def _bus_port(node: ServerProcess) -> int:
-    return int(node.extra[node.extra.index("--cluster-port") + 1])
 
 
 def _cluster_nodes(port: int) -> list[list[str]]:
