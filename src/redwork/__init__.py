@@ -14,6 +14,7 @@ from redwork.errors import (
     SerializationError,
     StateConflict,
     WorkflowError,
+    WorkflowFailed,
     WorkflowNotFound,
 )
 from redwork.job import JobState
@@ -55,6 +56,7 @@ __all__ = [
     "Worker",
     "Workflow",
     "WorkflowError",
+    "WorkflowFailed",
     "WorkflowHandle",
     "WorkflowNotFound",
     "WorkflowRecord",

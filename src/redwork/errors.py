@@ -43,9 +43,22 @@ class JobFailed(RedworkError):
     """The job ended in the failed store; the message carries its error."""
 
     def __init__(self, job_id: str, error: str) -> None:
-        super().__init__(f"job {job_id} failed: {error}")
+        super().__init__(self._describe(job_id, error))
         self.job_id = job_id
         self.error = error
+
+    @staticmethod
+    def _describe(job_id: str, error: str) -> str:
+        return f"job {job_id} failed: {error}"
+
+
+class WorkflowFailed(JobFailed):
+    """A workflow ended without succeeding (a JobFailed, so that one `except` catches
+    both): `job_id` is the workflow's id, `error` names the first job that did not."""
+
+    @staticmethod
+    def _describe(job_id: str, error: str) -> str:
+        return f"{error} (workflow {job_id})"
 
 
 class JobCancelled(RedworkError):

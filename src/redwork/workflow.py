@@ -20,7 +20,7 @@ from typing import Any, Literal
 import orjson
 
 from redwork.connection import REFUSED, TRANSIENT
-from redwork.errors import InvalidName, JobFailed, WorkflowError
+from redwork.errors import InvalidName, JobFailed, WorkflowError, WorkflowFailed
 from redwork.job import Envelope, JobRecord, JobState, check_name, new_job_id
 from redwork.queue import Op, Queue, WorkflowNode, text
 from redwork.scripts import Code
@@ -447,13 +447,13 @@ class WorkflowRecord:
     def result(self) -> Any:
         """The results of the nodes nothing depends on: one value when there is one
         such node (a chain's last step, a chord's callback), else a list in node order.
-        JobFailed if the workflow did not succeed."""
+        WorkflowFailed (a JobFailed) if the workflow did not succeed."""
         if self.status is not WorkflowStatus.SUCCEEDED:
             bad = next((n for n in self.nodes if n.state is not JobState.COMPLETED), None)
             detail = f"; first: job {bad.id} {bad.state.value}" if bad else ""
             if bad is not None and bad.error:
                 detail += f" ({bad.reason}: {bad.error.strip().splitlines()[-1]})"
-            raise JobFailed(self.id, f"workflow {self.status.value}{detail}")
+            raise WorkflowFailed(self.id, f"workflow {self.status.value}{detail}")
         needed = {d for n in self.nodes for d in n.depends_on}
         exits = [n.result_value() for n in self.nodes if n.id not in needed]
         return exits[0] if len(exits) == 1 else exits
