@@ -250,7 +250,8 @@ def test_metrics_in_prometheus_format(
     job_id = http.post("/api/jobs", json={"task": "sleep", "args": [0.01]}).json()["id"]
     wait_done(http, job_id)
     text = http.get("/metrics").text
-    assert 'redwork_queue_jobs{queue="default",state="waiting"} 0.0' in text
+    for state in ("waiting", "held", "limited", "active", "delayed", "failed"):
+        assert f'redwork_queue_jobs{{queue="default",state="{state}"}} 0.0' in text
     assert 'redwork_queue_events_total{event="completed",queue="default"} 1.0' in text
     assert "redwork_workers 1.0" in text
     assert 'redwork_job_duration_seconds_count{outcome="completed",queue="default"} 1.0' in text

@@ -211,6 +211,9 @@ def test_help_shows_examples() -> None:
     assert "redwork demo --iterations 100 --workers 4" in top.output
     for command in ("worker", "server", "info", "job", "workflow", "failed", "demo"):
         assert re.search(rf"^\s+{command}\s", top.output, re.MULTILINE), command
+    # Every command's summary is whole, not a first line click cut short with "...".
+    listed = top.output.split("Commands:")[1]
+    assert "..." not in listed and len(listed.strip().splitlines()) == len(cli.commands)
 
     worker = runner.invoke(cli, ["worker", "--help"])
     assert worker.exit_code == 0

@@ -119,7 +119,7 @@ def cli(
     logs.setup(settings.log_level, settings.log_format)
 
 
-@cli.command()
+@cli.command(short_help="Run workers for the tasks of APP.")
 @click.argument("app_path", metavar="APP")
 @click.option(
     "-q", "--queues", help="Comma-separated queues, highest priority first (env REDWORK_QUEUES)."
@@ -201,7 +201,7 @@ def worker(
     _run_single_worker(app, settings)
 
 
-@cli.command()
+@cli.command(short_help="Serve the HTTP API, live updates and dashboard.")
 @click.argument("app_path", metavar="APP")
 @click.option("--host", help="Address to listen on (env REDWORK_API_HOST, default 127.0.0.1).")
 @click.option("--port", type=int, help="Port (env REDWORK_API_PORT, default 8000).")
@@ -296,7 +296,7 @@ def _run_single_worker(app: Redwork, settings: Settings) -> None:
     os._exit(code)
 
 
-@cli.command("scheduler")
+@cli.command("scheduler", short_help="Enqueue periodic jobs as they fall due.")
 @click.argument("app_path", metavar="APP")
 @click.pass_context
 def scheduler_command(ctx: click.Context, app_path: str) -> None:
@@ -338,7 +338,7 @@ def scheduler_command(ctx: click.Context, app_path: str) -> None:
     asyncio.run(main())
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True, short_help="Periodic jobs: list, add, remove.")
 @click.pass_context
 def schedules(ctx: click.Context) -> None:
     """Periodic jobs: list them with their next run (the default), add or remove one.
@@ -456,7 +456,7 @@ def schedules_remove(ctx: click.Context, name: str) -> None:
     click.echo(f"removed schedule {name}")
 
 
-@cli.group(invoke_without_command=True)
+@cli.group(invoke_without_command=True, short_help="A queue's rate and concurrency limits.")
 @click.option("-q", "--queue", default="default", show_default=True)
 @click.pass_context
 def limits(ctx: click.Context, queue: str) -> None:
@@ -510,7 +510,7 @@ def limits_clear(ctx: click.Context, scope: str) -> None:
     click.echo(f"{scope}: no limit ({released} jobs released)")
 
 
-@cli.group()
+@cli.group(short_help="Start, stop or inspect the embedded server.")
 def server() -> None:
     """Start, stop or inspect the embedded Valkey server of a data directory.
 
@@ -562,7 +562,7 @@ def _queue_names(client: Client) -> list[str]:
     return sorted(n.decode() for n in cast(set[bytes], client.redis().smembers(QUEUES_KEY)))
 
 
-@cli.command()
+@cli.command(short_help="Queues, their counts and totals, running jobs, workers.")
 @click.pass_context
 def info(ctx: click.Context) -> None:
     """Queues (waiting, held behind a key, held back by a limit, running, delayed, failed,
@@ -733,7 +733,7 @@ def job_cancel(ctx: click.Context, job_id: str, queue: str | None) -> None:
     click.echo(f"job {job_id}: {outcome}")
 
 
-@cli.group()
+@cli.group(short_help="Workflows: list, show, cancel.")
 def workflow() -> None:
     """Workflows: list them, draw one with its jobs' states, cancel one.
 
@@ -883,7 +883,7 @@ def _preview(result: bytes | None) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-@cli.group()
+@cli.group(short_help="The failed store: list, show, retry, purge.")
 def failed() -> None:
     """The failed store (dead letters): list, show, retry or purge failed jobs.
 
@@ -962,7 +962,7 @@ def failed_purge(
     click.echo(f"deleted {client.run(client.queue(queue).purge_failed(job_ids))}")
 
 
-@cli.command()
+@cli.command(short_help="Run the worker-pattern demo on a private server.")
 @click.option("--iterations", default=100, show_default=True, help="Sleep jobs to run.")
 @click.option("--workers", default=4, show_default=True, help="Worker processes.")
 @click.option("--concurrency", default=1, show_default=True, help="Job slots per worker process.")
@@ -983,7 +983,7 @@ def demo(
     run_demo(_settings(ctx.find_root()), iterations, workers, concurrency, seed, console)
 
 
-@cli.command()
+@cli.command(short_help="Print a shell completion script (bash, zsh, fish).")
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
     """Print the shell's completion script for redwork (commands, options, choices).

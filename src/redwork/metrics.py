@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-STATES = ("waiting", "held", "active", "delayed", "failed")
+STATES = ("waiting", "held", "limited", "active", "delayed", "failed")
 TOTALS = (
     "enqueued",
     "completed",
