@@ -89,3 +89,10 @@ def test_shell_completion_scripts_and_answers() -> None:
         _REDWORK_COMPLETE="bash_complete",
     )  # fmt: skip
     assert answer.split() == ["plain,worker", "plain,workflow"]
+
+
+def test_the_changelog_has_a_section_for_this_version() -> None:
+    headings = [
+        line for line in (ROOT / "CHANGELOG.md").read_text().splitlines() if line.startswith("## ")
+    ]
+    assert any(h.split()[1] == __version__ for h in headings), headings
