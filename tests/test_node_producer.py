@@ -78,6 +78,19 @@ def node_env(redis_url: str) -> dict[str, str]:
     return env
 
 
+def produce(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`node producer.js --scripts <redwork's scripts> ARGS` on the test server."""
+    return subprocess.run(
+        ["node", "producer.js", "--scripts", str(SCRIPTS), *args],
+        cwd=EXAMPLE,
+        env=node_env(redis_url),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
 def outcomes(stdout: str) -> dict[str, tuple[str, str]]:
     """Job id -> (call, outcome), from the producer's output."""
     found = {}
@@ -104,18 +117,9 @@ def test_node_made_jobs_run_on_python_workers_and_their_outcomes_come_back(
     divide |= {"max_attempts": 2, "backoff": 0.05}
     unknown = {"task": "no_such_task", "id": "unknown-task"}
     jobs = [json.dumps(spec) for spec in (greet, divide, unknown)]
-    command = ["node", "producer.js", "--queue", QUEUE, "--scripts", str(SCRIPTS)]
-    command += ["--task", "square", "--count", "3"]
+    command = ["--queue", QUEUE, "--task", "square", "--count", "3"]
     command += [arg for job in jobs for arg in ("--job", job)]
-    done = subprocess.run(
-        command,
-        cwd=EXAMPLE,
-        env=node_env(redis_url),
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
+    done = produce(redis_url, *command)
     assert done.returncode == 1, done.stdout + done.stderr  # 1: some job failed
     assert done.stderr.strip() == f"enqueued 6 job(s) on queue {QUEUE}"
     seen = outcomes(done.stdout)
@@ -173,20 +177,7 @@ def test_a_second_enqueue_of_an_id_adds_nothing_and_gets_the_first_outcome(
     r: redis.Redis,
 ) -> None:
     job = json.dumps({"task": "square", "id": "sq-7", "args": [7]})
-    command = ["node", "producer.js", "--queue", QUEUE, "--scripts", str(SCRIPTS), "--job", job]
-
-    def produce() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            command,
-            cwd=EXAMPLE,
-            env=node_env(redis_url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    first, second = produce(), produce()
+    first, second = [produce(redis_url, "--queue", QUEUE, "--job", job) for _ in range(2)]
     for done in (first, second):
         assert done.returncode == 0, done.stdout + done.stderr
         assert done.stdout == "sq-7 square(7) -> completed: 49\n"
@@ -203,15 +194,7 @@ def test_bad_input_is_refused_before_anything_is_stored(
         "--count": "3",  # without --task
     }
     for option, value in bad.items():
-        done = subprocess.run(
-            ["node", "producer.js", "--scripts", str(SCRIPTS), option, value],
-            cwd=EXAMPLE,
-            env=node_env(redis_url),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        done = produce(redis_url, option, value)
         assert done.returncode == 2, done.stdout + done.stderr
         assert done.stderr.startswith("producer.js: "), done.stderr
     assert r.dbsize() == 0
