@@ -196,15 +196,7 @@ class Worker:
     async def _unless_stopped(self, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
         """Await `awaitable` unless a stop is requested first, in which case it is
         cancelled; only for waits whose cancellation loses nothing."""
-        work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
-        stop.cancel()
-        if not work.done():
-            work.cancel()
-            await asyncio.wait({work})
-            return False, None
-        return True, work.result()
+        return await _unless_set(self._stop, awaitable)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep between rounds of a service role, waking early when the worker closes."""
@@ -617,8 +609,13 @@ class Worker:
             try:
                 await pubsub.subscribe(*channels)
                 backoff.reset()
-                while not self._services_done.is_set():
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                while True:
+                    # Waits for the next message, not a poll: a closing worker ends it at
+                    # once (a message cut off then is for a job this worker no longer runs).
+                    waiting = pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    got, message = await _unless_set(self._services_done, waiting)
+                    if not got:
+                        return
                     if message is not None:
                         channel, job_id = text(message["channel"]), text(message["data"])
                         self._abort(channels[channel], job_id)
@@ -713,6 +710,20 @@ def _spans_queues(running: _Running) -> bool:
     document = running.call.document if running.call is not None else {}
     workflow = document.get("workflow")
     return isinstance(workflow, dict) and "home" in workflow
+
+
+async def _unless_set(event: asyncio.Event, awaitable: Awaitable[T]) -> tuple[bool, T | None]:
+    """(True, its result), or (False, None) when `event` is set first: then `awaitable` is
+    cancelled, so only for waits whose cancellation loses nothing."""
+    work = asyncio.ensure_future(awaitable)
+    told = asyncio.ensure_future(event.wait())
+    await asyncio.wait({work, told}, return_when=asyncio.FIRST_COMPLETED)
+    told.cancel()
+    if not work.done():
+        work.cancel()
+        await asyncio.wait({work})
+        return False, None
+    return True, work.result()
 
 
 class _Timeout(Exception):
