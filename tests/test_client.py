@@ -76,6 +76,26 @@ def test_sync_enqueue_then_result_with_a_running_worker(
     assert tasks.add.enqueue(x=1, y=2).result(timeout=10) == 3
 
 
+async def test_the_result_of_an_ended_job_is_read_without_a_subscription(
+    app: Redwork, r: redis.Redis
+) -> None:
+    """A subscription takes a connection of its own (opened anew each time): reading the
+    results of jobs that have ended, the common case, needs none."""
+    handle = tasks.add.enqueue(1, 2)
+    worker = Worker(app)
+    running = asyncio.create_task(worker.run())
+    assert await handle.aresult(timeout=10) == 3
+    assert await stop_worker(worker, running)
+    # The producer's connections are open (a closed subscription leaves its connection
+    # in the pool, closed: the next read may take and reopen it).
+    app.client.job("default", handle.id)
+    await app.client.ajob("default", handle.id)
+    before = r.info("stats")["total_connections_received"]
+    assert [handle.result(timeout=1) for _ in range(3)] == [3, 3, 3]
+    assert [await handle.aresult(timeout=1) for _ in range(3)] == [3, 3, 3]
+    assert r.info("stats")["total_connections_received"] == before
+
+
 def test_sync_result_of_failed_job_raises_job_failed_with_reason(
     app: Redwork, thread_worker: Worker
 ) -> None:

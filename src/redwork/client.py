@@ -164,6 +164,9 @@ class Client:
     def _wait_until_final(
         self, channel: str, read: Callable[[], _Ending], deadline: _Deadline
     ) -> _Ending:
+        record = read()
+        if record.is_final:  # ended already: no subscription, which takes a connection
+            return record
         pubsub = self.redis().pubsub()  # type: ignore[no-untyped-call, unused-ignore]
         try:
             pubsub.subscribe(channel)
@@ -307,6 +310,9 @@ class Client:
     async def _await_until_final(
         self, channel: str, read: Callable[[], Awaitable[_Ending]], deadline: _Deadline
     ) -> _Ending:
+        record = await read()
+        if record.is_final:  # ended already: no subscription, which takes a connection
+            return record
         client = await self.aredis()
         pubsub = client.pubsub()
         try:
