@@ -4,6 +4,7 @@ carry a job's fields; a job's run span is the child of its enqueue span across p
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -19,15 +20,17 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from redwork import JobFailed, Redwork, Settings
+from redwork import JobCancelled, JobFailed, JobState, Redwork, Settings
 from redwork.client import Client
 from redwork.errors import ConfigurationError
+from redwork.logs import JsonFormatter
 from redwork.queue import Queue
 from redwork.tracing import tracer
 from tests import tasks, traced_tasks
-from tests.conftest import ROOT, worker_env
+from tests.conftest import ROOT, until, worker_env
 
 PRODUCER_SPANS = InMemorySpanExporter()
+PRODUCER_BUG = traced_tasks.BrokenProcessor()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,6 +40,7 @@ def producer_tracing() -> None:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(PRODUCER_SPANS))
+        provider.add_span_processor(PRODUCER_BUG)
         trace.set_tracer_provider(provider)
 
 
@@ -72,8 +76,9 @@ def traced(settings: Settings) -> Redwork:
     return traced_tasks.app
 
 
-@pytest.fixture
-def spans_file(tmp_path: Path, settings: Settings, stopping: list[subprocess.Popen[bytes]]) -> Path:
+def start_traced_worker(
+    settings: Settings, tmp_path: Path, stopping: list[subprocess.Popen[bytes]], **env: str
+) -> Path:
     """A traced worker process writing its spans to the returned file."""
     path = tmp_path / "spans.jsonl"
     stopping.append(
@@ -81,10 +86,15 @@ def spans_file(tmp_path: Path, settings: Settings, stopping: list[subprocess.Pop
             settings.replace(tracing=True),
             "tests.traced_tasks:app",
             tmp_path / "worker.log",
-            env={"REDWORK_TEST_SPANS": str(path)},
+            env={"REDWORK_TEST_SPANS": str(path), **env},
         )
     )
     return path
+
+
+@pytest.fixture
+def spans_file(tmp_path: Path, settings: Settings, stopping: list[subprocess.Popen[bytes]]) -> Path:
+    return start_traced_worker(settings, tmp_path, stopping)
 
 
 def worker_spans(path: Path) -> list[dict[str, Any]]:
@@ -175,6 +185,38 @@ def test_a_malformed_trace_context_starts_a_new_trace_and_the_job_runs(
     assert run["parent_id"] is None and run["status"] == "OK"
 
 
+def test_a_broken_tracing_sdk_changes_no_job_s_fate(
+    traced: Redwork,
+    settings: Settings,
+    tmp_path: Path,
+    stopping: list[subprocess.Popen[bytes]],
+    r: redis.Redis,
+) -> None:
+    """A span processor that raises (an exporter's bug) on both sides: the enqueue stores
+    the job and returns, the run completes once, and the errors are logged."""
+    start_traced_worker(settings, tmp_path, stopping, REDWORK_TEST_SPANS_BROKEN="1")
+    PRODUCER_BUG.broken = True
+    try:
+        handle = traced_tasks.nap.enqueue(0)  # a task making no span of its own
+    finally:
+        PRODUCER_BUG.broken = False
+    assert handle.result(timeout=20) is None
+    assert handle.info().attempt == 1
+    assert "tracing: could not" in (tmp_path / "worker.log").read_text()
+
+
+def test_a_cancelled_run_s_span_says_so(traced: Redwork, spans_file: Path) -> None:
+    handle = traced_tasks.nap.enqueue(30)
+    until(lambda: handle.status() is JobState.ACTIVE, what="the nap to start")
+    handle.cancel()
+    with pytest.raises(JobCancelled):
+        handle.result(timeout=20)
+    until(lambda: spans_file.exists() and "run traced.nap" in spans_file.read_text())
+    run = next(s for s in worker_spans(spans_file) if s["name"] == "run traced.nap")
+    assert run["status"] == "ERROR"
+    assert run["attributes"]["redwork.failure.reason"] == "cancelled"
+
+
 def test_without_tracing_documents_carry_no_trace_context(app: Redwork, r: redis.Redis) -> None:
     handle = tasks.add.enqueue(1, 2)
     document = orjson.loads(r.hget(Queue("default").job_key(handle.id), "data") or b"")
@@ -234,3 +276,19 @@ def test_an_unknown_log_format_is_refused_with_the_choices(settings: Settings) -
     assert "'xml' is not one of 'text', 'json'" in done.stderr
     with pytest.raises(ConfigurationError, match="log_format must be text or json"):
         Settings.load(env={"REDWORK_LOG_FORMAT": "xml"})
+
+
+def test_a_json_log_record_orjson_refuses_is_kept_all_the_same() -> None:
+    """Lone surrogates (a file name from os.fsdecode), integers beyond 64 bits: the line
+    is still one JSON object, not a logging error in the middle of the stream."""
+    record = logging.LogRecord(
+        "tasks", logging.INFO, __file__, 1, "resizing %s", ("photo-\udcff.jpg",), None
+    )
+    record.attempt = 1 << 70
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["message"] == "resizing photo-\udcff.jpg"
+    assert entry["attempt"] == 1 << 70
+
+
+def test_the_log_format_is_read_in_any_case() -> None:
+    assert Settings.load(env={"REDWORK_LOG_FORMAT": "JSON"}).log_format == "json"

@@ -4,12 +4,14 @@ to the file named by REDWORK_TEST_SPANS (so the test process can read them)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Sequence
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 from redwork import Redwork
@@ -42,11 +44,29 @@ def span_facts(span: ReadableSpan) -> dict[str, object]:
     }
 
 
+class BrokenProcessor(SpanProcessor):
+    """A span processor with a bug (as an exporter may have): it raises on every span
+    while `broken` is true."""
+
+    broken = False
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        if self.broken:
+            raise RuntimeError("span processor bug (on_start)")
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.broken:
+            raise RuntimeError("span processor bug (on_end)")
+
+
 if "REDWORK_TEST_SPANS" in os.environ:
     provider = TracerProvider()
     provider.add_span_processor(
         SimpleSpanProcessor(JsonLinesExporter(os.environ["REDWORK_TEST_SPANS"]))
     )
+    broken = BrokenProcessor()
+    broken.broken = os.environ.get("REDWORK_TEST_SPANS_BROKEN") == "1"
+    provider.add_span_processor(broken)
     trace.set_tracer_provider(provider)
 
 app = Redwork("traced")
@@ -68,3 +88,8 @@ def sync_add(x: int, y: int) -> int:
 @app.task(name="traced.fail")
 async def fail() -> None:
     raise ValueError("no luck")
+
+
+@app.task(name="traced.nap")
+async def nap(seconds: float) -> None:
+    await asyncio.sleep(seconds)

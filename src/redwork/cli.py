@@ -83,7 +83,7 @@ def _settings(ctx: click.Context, **explicit: Any) -> Settings:
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING (env REDWORK_LOG_LEVEL).")
 @click.option(
     "--log-format",
-    type=click.Choice(["text", "json"]),
+    type=click.Choice(["text", "json"], case_sensitive=False),
     help="text lines, or one JSON object per line (env REDWORK_LOG_FORMAT, default text).",
 )
 @click.version_option(__version__, prog_name="redwork")

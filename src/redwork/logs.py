@@ -4,6 +4,7 @@ fields of their own in the records about one job."""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from datetime import UTC, datetime
@@ -44,7 +45,13 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack"] = self.formatStack(record.stack_info)
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except TypeError:
+            # What orjson refuses (lone surrogates from os.fsdecode, integers beyond 64
+            # bits, keys that are not strings), the standard library escapes or skips:
+            # the record is kept, and the stream stays one JSON object per line.
+            return json.dumps(entry, default=str, skipkeys=True)
 
 
 def setup(level: str, log_format: str) -> None:

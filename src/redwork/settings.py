@@ -160,6 +160,8 @@ def _parse(name: str, raw: str) -> Any:
             return tuple(item.strip() for item in raw.split(",") if item.strip())
         if name == "data_dir":
             return Path(raw)
+        if name == "log_format":
+            return raw.strip().lower()  # as the level and the booleans, any case
         if kind == "int":
             return int(raw)
         if kind == "float":

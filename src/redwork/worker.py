@@ -402,15 +402,22 @@ class Worker:
             context.request_cancel()
         if self._tracer is None:
             return await self._outcome(task, call, context, running)
-        with tracing.run_span(
+        span = tracing.start_run(
             self._tracer, call.document, delivery.id, delivery.queue, delivery.attempt
-        ) as span:
+        )
+        reason: str | None = None  # cut off (CancelledError): handed back or lease lost
+        error: str | None = None
+        try:
             outcome = await self._outcome(task, call, context, running)
             if isinstance(outcome, _Failed):
-                tracing.ended(span, outcome.reason.value, outcome.error)
+                reason, error = outcome.reason.value, outcome.error
             else:
-                tracing.ended(span, None, None)
+                reason = "completed"
             return outcome
+        finally:
+            if running.aborted:  # however the run ended, it ends as cancelled (_failure)
+                reason = FailureReason.CANCELLED.value
+            tracing.end_run(span, reason, error)
 
     async def _outcome(
         self, task: Task[Any, Any], call: Call, context: JobContext, running: _Running
