@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from redwork import JobCancelled, JobFailed, JobState, Redwork, Settings
+from redwork import JobCancelled, JobFailed, JobState, Redwork, Settings, chain
 from redwork.client import Client
 from redwork.errors import ConfigurationError
 from redwork.logs import JsonFormatter
@@ -183,6 +183,21 @@ def test_a_malformed_trace_context_starts_a_new_trace_and_the_job_runs(
     producer.close()
     run = next(s for s in worker_spans(spans_file) if s["name"] == "run traced.add")
     assert run["parent_id"] is None and run["status"] == "OK"
+
+
+def test_a_workflow_s_runs_are_children_of_its_submit_span(
+    traced: Redwork, spans_file: Path
+) -> None:
+    PRODUCER_SPANS.clear()
+    handle = traced.submit(chain(traced_tasks.add.s(1, 2), traced_tasks.add.s(10)))
+    assert handle.result(timeout=20) == 13
+    sent = producer_span("enqueue traced.add")
+    assert sent["attributes"]["messaging.batch.message_count"] == 2
+    runs = [s for s in worker_spans(spans_file) if s["name"] == "run traced.add"]
+    assert len(runs) == 2
+    assert {(run["trace_id"], run["parent_id"]) for run in runs} == {
+        (sent["trace_id"], sent["span_id"])
+    }
 
 
 def test_a_broken_tracing_sdk_changes_no_job_s_fate(

@@ -41,7 +41,7 @@ from redwork.schedule import (
 from redwork.scripts import Code
 from redwork.settings import Settings
 from redwork.state import StateStore
-from redwork.workflow import Item, WorkflowRecord, WorkflowStatus, plan
+from redwork.workflow import Item, Workflow, WorkflowRecord, WorkflowStatus, plan
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -479,8 +479,10 @@ class Redwork:
         recorded in the first job's queue (or `queue`), which its handle names. A cycle
         or an unknown dependency raises WorkflowError, storing nothing; a workflow_id
         that exists adds nothing (a safe retry)."""
-        checked = plan(workflow, workflow_id, queue, self.settings.max_payload)
-        self.client.submit_workflow(checked, name)
+        graph = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
+        with self.client.traced([node.envelope for node in graph.nodes]):
+            checked = plan(graph, workflow_id, queue, self.settings.max_payload)
+            self.client.submit_workflow(checked, name)
         return WorkflowHandle(self.client, checked.queue, checked.id)
 
     async def asubmit(
@@ -491,8 +493,10 @@ class Redwork:
         queue: str | None = None,
         name: str = "",
     ) -> WorkflowHandle:
-        checked = plan(workflow, workflow_id, queue, self.settings.max_payload)
-        await self.client.asubmit_workflow(checked, name)
+        graph = workflow if isinstance(workflow, Workflow) else Workflow(workflow)
+        with self.client.traced([node.envelope for node in graph.nodes]):
+            checked = plan(graph, workflow_id, queue, self.settings.max_payload)
+            await self.client.asubmit_workflow(checked, name)
         return WorkflowHandle(self.client, checked.queue, checked.id)
 
     def workflow(self, workflow_id: str, queue: str = "default") -> WorkflowHandle:

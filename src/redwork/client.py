@@ -139,7 +139,7 @@ class Client:
         """Store jobs; returns their ids. A job whose id exists already is not added
         again (the id is returned all the same); nor is one whose idempotency key was
         used within the retention window: the id of the job that used it is returned."""
-        with self._enqueue_span(envelopes):
+        with self.traced(envelopes):
             plan = self._plan_enqueue(envelopes)
             if plan.new_queues:
                 self.redis().sadd(QUEUES_KEY, *plan.new_queues)
@@ -285,7 +285,7 @@ class Client:
         return await self._aretrying(partial(arun_durably, client, ops, durability), what)
 
     async def aenqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
-        with self._enqueue_span(envelopes):
+        with self.traced(envelopes):
             plan = self._plan_enqueue(envelopes)
             client = await self.aredis()
             if plan.new_queues:
@@ -403,7 +403,9 @@ class Client:
     def _cancel_workflow(self, queue: str, workflow_id: str) -> Op[int | str]:
         return self.queue(queue).cancel_workflow(workflow_id, self.settings.result_ttl)
 
-    def _enqueue_span(self, envelopes: Sequence[Envelope]) -> AbstractContextManager[None]:
+    def traced(self, envelopes: Sequence[Envelope]) -> AbstractContextManager[None]:
+        """The producer span around storing these jobs, whose context they carry (nothing
+        when tracing is off); enter it before the jobs are encoded."""
         if self._tracer is None or not envelopes:
             return contextlib.nullcontext()
         return tracing.enqueue_span(self._tracer, envelopes)
