@@ -445,9 +445,7 @@ def soak(b: Bench, cfg: SoakConfig) -> dict[str, Any]:
         mix = events_mix(b)
         expired_rss = {name: rss_kb(pid) for name, pid in pids.items()}
         peak = int(b.r.info("memory")["used_memory_peak"])
-        done_by = {
-            desc.get("pid", "?"): int(desc.get("done", 0)) for _, _, desc in live_workers(b.r)
-        }
+        done_by = {str(w.pid or "?"): w.done for w in live_workers(b.r)}
         aof_rewrites = b.aof_rewrites() - aof_rewrites
         delayed_fsyncs = int(b.r.info("persistence")["aof_delayed_fsync"]) - delayed_fsyncs
         latency = latency_events(b, monitor.wall_start)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -394,3 +395,26 @@ async def test_concurrent_first_calls_share_one_async_connection_pool(app: Redwo
     clients = await asyncio.gather(*(app.client.aredis() for _ in range(50)))
     assert len({id(c) for c in clients}) == 1
     await app.client.aclose()
+
+
+async def test_counts_workers_and_the_failed_store_from_python(
+    app: Redwork, worker: Worker
+) -> None:
+    ok, bad = tasks.add.enqueue(1, 1), tasks.boom.options(retries=0).enqueue("kaput")
+    assert await ok.aresult(timeout=10) == 2
+    with pytest.raises(JobFailed):
+        await bad.aresult(timeout=10)
+    counts = app.counts()
+    assert (counts.waiting, counts.active, counts.failed) == (0, 0, 1)
+    assert counts.stats["completed"] == 1 and counts.stats["failed"] == 1
+    (failed,) = app.failed_jobs()
+    assert (failed.id, failed.reason, failed.state) == (bad.id, "exception", JobState.FAILED)
+    assert "ValueError: kaput" in (failed.error or "")
+    (live,) = app.workers()
+    assert (live.id, live.queues, live.concurrency) == (worker.id, ["default"], 10)
+    assert live.pid == os.getpid()
+    assert app.retry_failed("default", [bad.id]) == 1  # back to the queue: it fails again
+    with pytest.raises(JobFailed):
+        await bad.aresult(timeout=10)
+    assert [job.id for job in app.failed_jobs()] == [bad.id]
+    assert app.counts().stats["failed"] == 2

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from redwork import JobFailed, JobState, Settings, WorkflowHandle, chain
 from redwork.job import JobRecord
-from redwork.registry import WORKERS_CHANNEL, live_workers
+from redwork.registry import WORKERS_CHANNEL
 from redwork.server import given_or_private
 from redwork.supervisor import worker_command
 
@@ -40,11 +40,7 @@ def at_least_one(text: str) -> int:
 
 def our_workers(known: set[str]) -> set[str]:
     """Live workers of this example's queue that were not there before."""
-    return {
-        worker_id
-        for worker_id, _, info in live_workers(app.client.redis())
-        if QUEUE in info.get("queues", "").split(",") and worker_id not in known
-    }
+    return {w.id for w in app.workers() if QUEUE in w.queues and w.id not in known}
 
 
 def wait_for_workers(count: int, known: set[str], supervisor: subprocess.Popen[bytes]) -> None:
@@ -215,7 +211,7 @@ def main() -> int:
             f"# {processes}, {jobs} at a time each: "
             f"redwork worker app:app -p {args.workers} -c {args.concurrency} -q {QUEUE}"
         )
-        known = {worker_id for worker_id, _, _ in live_workers(app.client.redis())}
+        known = {worker.id for worker in app.workers()}
         supervisor = subprocess.Popen(command, env=env, cwd=HERE)
         try:
             wait_for_workers(args.workers, known, supervisor)

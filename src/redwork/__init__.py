@@ -19,6 +19,8 @@ from redwork.errors import (
 )
 from redwork.job import JobState
 from redwork.limits import Limit, LimitError
+from redwork.queue import Counts
+from redwork.registry import WorkerInfo
 from redwork.schedule import Schedule, ScheduleError, ScheduleState
 from redwork.settings import Settings
 from redwork.state import StagedState, StateItem, StateStore
@@ -28,6 +30,7 @@ from redwork.workflow import Ref, Workflow, WorkflowRecord, WorkflowStatus, chai
 __version__ = "0.1.0"
 
 __all__ = [
+    "Counts",
     "JobCancelled",
     "JobContext",
     "JobFailed",
@@ -54,6 +57,7 @@ __all__ = [
     "StateStore",
     "Task",
     "Worker",
+    "WorkerInfo",
     "Workflow",
     "WorkflowError",
     "WorkflowFailed",

@@ -16,6 +16,7 @@ import hmac
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import datetime
 from importlib import resources
 from typing import Annotated, Any, Literal, cast
@@ -530,28 +531,7 @@ async def queues(service: Service) -> list[QueueView]:
 
 
 async def workers(service: Service) -> list[WorkerView]:
-    views = []
-    for worker_id, seen, fields in await alive_workers(await service.redis()):
-
-        def number(name: str, fields: dict[str, str] = fields) -> int | None:
-            value = fields.get(name)
-            return int(value) if value and value.lstrip("-").isdigit() else None
-
-        views.append(
-            WorkerView(
-                id=worker_id,
-                host=fields.get("host"),
-                pid=number("pid"),
-                queues=[q for q in fields.get("queues", "").split(",") if q],
-                concurrency=number("concurrency"),
-                running=number("running") or 0,
-                done=number("done") or 0,
-                failed=number("failed") or 0,
-                started_at=number("started_at"),
-                last_seen=number("last_seen") or int(seen),
-            )
-        )
-    return views
+    return [WorkerView(**asdict(info)) for info in await alive_workers(await service.redis())]
 
 
 def create_api(app: Redwork, settings: Settings | None = None) -> FastAPI:

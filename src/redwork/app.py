@@ -29,7 +29,8 @@ from redwork.job import (
     new_job_id,
 )
 from redwork.limits import Limit, read_limits, set_limit
-from redwork.queue import Op
+from redwork.queue import Counts, Op
+from redwork.registry import WorkerInfo, live_workers
 from redwork.schedule import (
     Schedule,
     ScheduleError,
@@ -440,6 +441,25 @@ class Redwork:
         """The limits of a queue, by scope."""
         result: dict[str, Limit] = self.client.run(read_limits(self.client.queue(queue)))
         return result
+
+    def counts(self, queue: str = "default") -> Counts:
+        """How many jobs a queue has in each state now, and its totals (`stats`)."""
+        counts: Counts = self.client.run(self.client.queue(queue).counts())
+        return counts
+
+    def failed_jobs(self, queue: str = "default", limit: int = 50) -> list[JobRecord]:
+        """The most recent jobs of a queue's failed store (its dead letters), newest
+        first; `retry_failed` sends them back to the queue."""
+        return self.client.failed_jobs(queue, limit)
+
+    def retry_failed(self, queue: str = "default", job_ids: Sequence[str] = ()) -> int:
+        """Send failed jobs back to their queue (all of them when no ids are given) with
+        fresh attempts; returns how many went back."""
+        return self.client.retry_failed(queue, job_ids)
+
+    def workers(self) -> list[WorkerInfo]:
+        """The live workers (of every queue), as their last heartbeat described them."""
+        return live_workers(self.client.redis())
 
     def get_task(self, name: str) -> Task[Any, Any]:
         try:

@@ -625,15 +625,15 @@ def info(ctx: click.Context) -> None:
     for column in ("worker", "queues", "concurrency", "running", "done", "failed", "last seen"):
         workers.add_column(column)
     now = time.time() * 1000
-    for worker_id, seen, fields in live_workers(client.redis()):
+    for worker in live_workers(client.redis()):
         workers.add_row(
-            worker_id,
-            fields.get("queues", ""),
-            fields.get("concurrency", ""),
-            fields.get("running", ""),
-            fields.get("done", ""),
-            fields.get("failed", ""),
-            f"{(now - seen) / 1000:.1f}s ago",
+            worker.id,
+            ",".join(worker.queues),
+            "" if worker.concurrency is None else str(worker.concurrency),
+            str(worker.running),
+            str(worker.done),
+            str(worker.failed),
+            f"{(now - worker.last_seen) / 1000:.1f}s ago",
         )
     console.print(workers)
 
@@ -903,18 +903,14 @@ def failed() -> None:
 def failed_list(ctx: click.Context, queue: str, limit: int) -> None:
     """The most recent failed jobs of a queue."""
     client = _client(ctx)
-    q = client.queue(queue)
     table = Table(title=f"failed jobs in {queue}")
     for column in ("id", "task", "attempt", "reason", "error"):
         table.add_column(column)
-    for job_id in client.run(q.failed_ids(0, limit - 1)):
-        record = client.run(q.job(job_id))
-        if record is None:
-            continue
+    for record in client.failed_jobs(queue, limit):
         envelope = record.envelope
         last_line = (record.error or "").strip().splitlines()[-1:] or [""]
         table.add_row(
-            job_id,
+            record.id,
             envelope.task if envelope else "(undecodable)",
             str(record.attempt),
             record.reason or "",

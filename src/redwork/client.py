@@ -187,6 +187,13 @@ class Client:
     def result(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(self.wait(queue, job_id, timeout))
 
+    def failed_jobs(self, queue: str, limit: int = 50, offset: int = 0) -> list[JobRecord]:
+        """The failed store of a queue, most recent first."""
+        q = self.queue(queue)
+        ids: list[str] = self.run(q.failed_ids(offset, offset + limit - 1))
+        records: list[JobRecord | None] = self.read([q.job(i) for i in ids], "read failed jobs")
+        return [r for r in records if r is not None]  # a job purged meanwhile is left out
+
     def cancel(self, queue: str, job_id: str) -> str:
         """Cancel a job: one that has not started is withdrawn ('cancelled' is returned:
         it never starts); a running one is aborted by its worker ('cancelling': it ends

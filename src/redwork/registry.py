@@ -5,6 +5,7 @@ expires. `redwork info` (and later the API) reads it."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import orjson
@@ -65,11 +66,47 @@ class Registration:
         await self.client.publish(WORKERS_CHANNEL, orjson.dumps(stopped))
 
 
-LiveWorker = tuple[str, float, dict[str, str]]
-"""(id, last heartbeat in ms, description)"""
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker as its last heartbeat described it (the counters lag by up to a
+    heartbeat interval, lease / 3)."""
+
+    id: str
+    host: str | None
+    pid: int | None
+    queues: list[str]
+    concurrency: int | None
+    running: int
+    """Jobs it was running."""
+    done: int
+    """Jobs it completed since it started."""
+    failed: int
+    """Jobs that failed for good under it."""
+    started_at: int | None
+    last_seen: int
+    """Its last heartbeat (its clock, Unix ms)."""
+
+    @classmethod
+    def of(cls, worker_id: str, seen: float, fields: Mapping[str, str]) -> WorkerInfo:
+        def number(name: str) -> int | None:
+            value = fields.get(name)
+            return int(value) if value and value.lstrip("-").isdigit() else None
+
+        return cls(
+            id=worker_id,
+            host=fields.get("host"),
+            pid=number("pid"),
+            queues=[q for q in fields.get("queues", "").split(",") if q],
+            concurrency=number("concurrency"),
+            running=number("running") or 0,
+            done=number("done") or 0,
+            failed=number("failed") or 0,
+            started_at=number("started_at"),
+            last_seen=number("last_seen") or int(seen),
+        )
 
 
-def live_workers(client: SyncRedis) -> list[LiveWorker]:
+def live_workers(client: SyncRedis) -> list[WorkerInfo]:
     """Every worker whose entry has not expired."""
     entries = cast(list[tuple[bytes, float]], client.zrange(WORKERS_KEY, 0, -1, withscores=True))
     with client.pipeline(transaction=False) as pipe:
@@ -78,7 +115,7 @@ def live_workers(client: SyncRedis) -> list[LiveWorker]:
         return _described(entries, pipe.execute())
 
 
-async def alive_workers(client: AsyncRedis) -> list[LiveWorker]:
+async def alive_workers(client: AsyncRedis) -> list[WorkerInfo]:
     """The async twin of live_workers()."""
     entries = cast(
         list[tuple[bytes, float]], await client.zrange(WORKERS_KEY, 0, -1, withscores=True)
@@ -91,9 +128,9 @@ async def alive_workers(client: AsyncRedis) -> list[LiveWorker]:
 
 def _described(
     entries: list[tuple[bytes, float]], hashes: list[dict[bytes, bytes]]
-) -> list[LiveWorker]:
+) -> list[WorkerInfo]:
     return [
-        (raw_id.decode(), seen, {k.decode(): v.decode() for k, v in raw.items()})
+        WorkerInfo.of(raw_id.decode(), seen, {k.decode(): v.decode() for k, v in raw.items()})
         for (raw_id, seen), raw in zip(entries, hashes, strict=True)
         if raw  # expired since the index was read
     ]
