@@ -330,7 +330,7 @@ def test_progress_is_stored_published_and_shown(
     assert handle.result(timeout=20) == "reported"
     expected = {"fraction": 0.5, "message": "half"}
     record = handle.info()
-    assert record.progress is not None and orjson.loads(record.progress) == expected
+    assert record.progress is not None and record.progress_value() == expected
     assert record.as_dict()["progress"] == expected
     wait_for_event(r, "default", "progress", handle.id)
     (raw,) = [raw for _, raw in r.xrange(Q.events, "-", "+") if raw[b"event"] == b"progress"]

@@ -683,8 +683,8 @@ def job() -> None:
 
     \b
     Examples:
-      redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
-      redwork job cancel 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
+      redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b
+      redwork job cancel 6f1c2e0d9a8b4c3d2e1f0a9b
     """
 
 
@@ -706,7 +706,7 @@ def job_show(ctx: click.Context, job_id: str, queue: str | None) -> None:
 
     \b
     Example:
-      redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f -q default
+      redwork job show 6f1c2e0d9a8b4c3d2e1f0a9b -q default
     """
     record = _find_job(_client(ctx), job_id, queue)
     click.echo(orjson.dumps(record.as_dict(), option=orjson.OPT_INDENT_2).decode())
@@ -722,7 +722,7 @@ def job_cancel(ctx: click.Context, job_id: str, queue: str | None) -> None:
 
     \b
     Example:
-      redwork job cancel 6f1c2e0d9a8b4c3d2e1f0a9b8c7d6e5f
+      redwork job cancel 6f1c2e0d9a8b4c3d2e1f0a9b
     """
     client = _client(ctx)
     record = _find_job(client, job_id, queue)

@@ -410,6 +410,10 @@ class JobRecord:
     def result_value(self) -> Any:
         return None if self.result is None else orjson.loads(self.result)
 
+    def progress_value(self) -> Any:
+        """The progress the task last reported, decoded (None before any)."""
+        return None if self.progress is None else orjson.loads(self.progress)
+
     def as_dict(self) -> dict[str, Any]:
         envelope = self.envelope
         return {
@@ -431,7 +435,7 @@ class JobRecord:
             "enqueued_at": self.enqueued_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,
-            "progress": None if self.progress is None else orjson.loads(self.progress),
+            "progress": self.progress_value(),
             "result": self.result_value() if self.state is JobState.COMPLETED else None,
             "reason": self.reason,
             "error": self.error,
