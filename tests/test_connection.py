@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
+import redis
 
-from redwork.connection import check_server, resolve_url
+from redwork.connection import Backoff, check_server, resolve_url
 from redwork.errors import ServerPolicyError, ServerVersionError
 from redwork.settings import Settings
 
@@ -45,3 +47,21 @@ def test_a_given_url_wins_over_the_embedded_server(tmp_path: Path) -> None:
     settings = Settings.load(env={}, redis_url="redis://cache.internal:6380/2", data_dir=tmp_path)
     assert resolve_url(settings) == "redis://cache.internal:6380/2"
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_an_outage_is_a_warning_when_it_begins_not_one_per_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="redwork.connection")
+    backoff, away = Backoff(), redis.ConnectionError("refused")
+    delays = [backoff.next("fetch", away) for _ in range(8)]
+    assert all(0 < delay <= backoff.cap for delay in delays)
+    backoff.reset()
+    backoff.next("fetch", away)
+    levels = [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert levels == [
+        ("WARNING", "fetch: server unavailable"),
+        *[("DEBUG", "fetch: server unavailable")] * 7,
+        ("INFO", "fetch: the server answers again"),
+        ("WARNING", "fetch: server unavailable"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import re
 import time
@@ -329,19 +330,31 @@ def check_server(info: dict[str, Any]) -> None:
 
 
 class Backoff:
-    """Growing, jittered waits between attempts to reach a server that is away, with a
-    log line for each, so an outage is visible but never a busy loop."""
+    """Growing, jittered waits between attempts to reach a server that is away: never a
+    busy loop. An outage is logged as a warning when it begins and then every
+    `quiet_for` seconds while it lasts (each retry in between at DEBUG: a worker has
+    several roles retrying at once), and its end at INFO."""
 
-    def __init__(self, first: float = 0.05, cap: float = 2.0) -> None:
-        self.first, self.cap, self.delay = first, cap, 0.0
+    def __init__(self, first: float = 0.05, cap: float = 2.0, quiet_for: float = 30.0) -> None:
+        self.first, self.cap, self.quiet_for, self.delay = first, cap, quiet_for, 0.0
+        self._what = ""
+        self._warned_at = -math.inf
 
     def reset(self) -> None:
+        if self.delay:
+            log.info("%s: the server answers again", self._what)
         self.delay = 0.0
+        self._warned_at = -math.inf
 
     def next(self, what: str, exc: BaseException) -> float:
         self.delay = min(self.cap, self.delay * 2 or self.first)
+        self._what = what
         why = "not confirmed durable" if isinstance(exc, NotDurable) else "server unavailable"
-        log.warning("%s: %s (%s); retrying in %.2fs", what, why, exc, self.delay)
+        now = time.monotonic()
+        level = logging.WARNING if now - self._warned_at >= self.quiet_for else logging.DEBUG
+        if level == logging.WARNING:
+            self._warned_at = now
+        log.log(level, "%s: %s (%s); retrying in %.2fs", what, why, exc, self.delay)
         return self.delay * (0.5 + random.random() / 2)
 
 
