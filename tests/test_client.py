@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from redwork import (
+    JobEvent,
     JobFailed,
     JobNotFound,
     JobState,
@@ -26,7 +27,7 @@ from redwork import (
 from redwork.errors import ConfigurationError, InvalidName, ServerPolicyError
 from redwork.queue import QUEUES_KEY, Completion, Queue, run
 from tests import tasks
-from tests.conftest import stop_worker
+from tests.conftest import stop_worker, until
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
@@ -418,3 +419,35 @@ async def test_counts_workers_and_the_failed_store_from_python(
         await bad.aresult(timeout=10)
     assert [job.id for job in app.failed_jobs()] == [bad.id]
     assert app.counts().stats["failed"] == 2
+
+
+def test_events_follow_what_happens_to_jobs_and_skip_junk(
+    app: Redwork, r: redis.Redis, thread_worker: Worker
+) -> None:
+    channel = Queue("default").events
+    events = app.events(idle=10)
+    got: list[JobEvent] = []
+
+    def follow() -> None:
+        for event in events:
+            got.append(event)
+            if event.event == "completed":
+                return
+
+    listener = threading.Thread(target=follow)
+    listener.start()
+    until(lambda: r.pubsub_numsub(channel)[0][1] == 1, what="the subscription")
+    r.publish(channel, b"not an event")  # a foreign publisher's junk: skipped
+    handle = tasks.add.enqueue(2, 3)
+    assert handle.result(timeout=10) == 5
+    listener.join(10)
+    events.close()  # ends its subscription
+    assert [(e.event, e.jobs, e.queue) for e in got] == [
+        (kind, [handle.id], "default") for kind in ("enqueued", "active", "completed")
+    ]
+    assert got[1].attempts == [1] and got[0].at <= got[2].at
+    until(lambda: r.pubsub_numsub(channel)[0][1] == 0, what="the unsubscription")
+
+
+async def test_aevents_end_after_the_idle_time(app: Redwork) -> None:
+    assert [event async for event in app.aevents(["quiet"], idle=0.2)] == []

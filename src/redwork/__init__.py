@@ -17,7 +17,7 @@ from redwork.errors import (
     WorkflowFailed,
     WorkflowNotFound,
 )
-from redwork.job import JobState
+from redwork.job import JobEvent, JobState
 from redwork.limits import Limit, LimitError
 from redwork.queue import Counts
 from redwork.registry import WorkerInfo
@@ -33,6 +33,7 @@ __all__ = [
     "Counts",
     "JobCancelled",
     "JobContext",
+    "JobEvent",
     "JobFailed",
     "JobHandle",
     "JobNotFound",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypeVar, overload
@@ -19,6 +19,7 @@ from redwork.errors import LeaseLost, RedworkError, SerializationError, UnknownT
 from redwork.job import (
     MAX_DELAY,
     Envelope,
+    JobEvent,
     JobRecord,
     JobState,
     RetryPolicy,
@@ -456,6 +457,20 @@ class Redwork:
         """Send failed jobs back to their queue (all of them when no ids are given) with
         fresh attempts; returns how many went back."""
         return self.client.retry_failed(queue, job_ids)
+
+    def events(
+        self, queues: Sequence[str] = ("default",), idle: float | None = None
+    ) -> Generator[JobEvent, None, None]:
+        """Follow the events of `queues` as they happen (enqueued, active, completed,
+        failed, progress, ...; docs/protocol.md#events), until `idle` seconds pass without
+        one. Live only: nothing from before the first event is asked for is replayed."""
+        return self.client.events(queues, idle)
+
+    def aevents(
+        self, queues: Sequence[str] = ("default",), idle: float | None = None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """The async twin of events(): `async for event in app.aevents(): ...`."""
+        return self.client.aevents(queues, idle)
 
     def workers(self) -> list[WorkerInfo]:
         """The live workers (of every queue), as their last heartbeat described them."""

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
@@ -25,7 +25,7 @@ from redwork.errors import (
     WorkflowError,
     WorkflowNotFound,
 )
-from redwork.job import Envelope, JobRecord, JobState
+from redwork.job import Envelope, JobEvent, JobRecord, JobState
 from redwork.queue import (
     QUEUES_KEY,
     Durability,
@@ -38,6 +38,7 @@ from redwork.queue import (
     run,
     run_durably,
     run_many,
+    text,
 )
 from redwork.scripts import Code
 from redwork.settings import Settings
@@ -187,6 +188,25 @@ class Client:
     def result(self, queue: str, job_id: str, timeout: float | None = None) -> Any:
         return _result_of(self.wait(queue, job_id, timeout))
 
+    def events(
+        self, queues: Sequence[str], idle: float | None = None
+    ) -> Generator[JobEvent, None, None]:
+        """Follow the events of `queues` as they happen, until `idle` seconds pass without
+        one (None: for ever). They come over pub/sub: events from before the first one
+        is asked for, or from while the connection is down, are not replayed (the
+        queue's `events` stream keeps a log: docs/protocol.md#events)."""
+        pubsub = self.redis().pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call, unused-ignore]
+        try:
+            pubsub.subscribe(*[self.queue(name).events for name in queues])
+            clock = _IdleClock(idle, time.monotonic)
+            while (wait := clock.remaining()) > 0:
+                message = pubsub.get_message(timeout=wait)
+                if message is not None and (event := _event_of(message)) is not None:
+                    clock.restart()
+                    yield event
+        finally:
+            pubsub.close()
+
     def failed_jobs(self, queue: str, limit: int = 50, offset: int = 0) -> list[JobRecord]:
         """The failed store of a queue, most recent first."""
         q = self.queue(queue)
@@ -299,6 +319,23 @@ class Client:
                 await client.sadd(QUEUES_KEY, *plan.new_queues)
             replies = await self.awrite(plan.ops, "enqueue")
         return self._enqueued(plan, replies)
+
+    async def aevents(
+        self, queues: Sequence[str], idle: float | None = None
+    ) -> AsyncGenerator[JobEvent, None]:
+        """The async twin of events()."""
+        client = await self.aredis()
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*[self.queue(name).events for name in queues])
+            clock = _IdleClock(idle, time.monotonic)
+            while (wait := clock.remaining()) > 0:
+                message = await pubsub.get_message(timeout=wait)
+                if message is not None and (event := _event_of(message)) is not None:
+                    clock.restart()
+                    yield event
+        finally:
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
 
     async def ajob(self, queue: str, job_id: str) -> JobRecord:
         record: JobRecord | None = await self.arun(self.queue(queue).job(job_id))
@@ -472,6 +509,29 @@ class _Deadline:
         if remaining <= 0:
             raise ResultTimeout(f"{self.what} is still {status} after {self.timeout}s")
         return min(remaining, 60.0)
+
+
+class _IdleClock:
+    """How long an events() call may still wait for its next event."""
+
+    def __init__(self, idle: float | None, clock: Callable[[], float]) -> None:
+        self.idle, self.clock = idle, clock
+        self.restart()
+
+    def restart(self) -> None:
+        self.until = None if self.idle is None else self.clock() + self.idle
+
+    def remaining(self) -> float:
+        """Seconds to wait at most (a minute at a time when there is no limit)."""
+        return 60.0 if self.until is None else self.until - self.clock()
+
+
+def _event_of(message: dict[str, Any]) -> JobEvent | None:
+    try:
+        return JobEvent.decode(message["data"])
+    except ValueError as exc:  # a foreign publisher's junk on the channel
+        log.warning("skipping a message on %s: %s", text(message["channel"]), exc)
+        return None
 
 
 def _confirms_subscription(message: dict[str, Any] | None) -> bool:

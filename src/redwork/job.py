@@ -331,6 +331,38 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One event of a queue (docs/protocol.md#events): a transition that one script
+    call made for one or more jobs (for `workflow_*` events, `jobs` holds the
+    workflow's id)."""
+
+    event: str
+    queue: str
+    jobs: list[str]
+    attempts: list[int]
+    at: int
+    """Server time, Unix ms."""
+    progress: Any = None
+    """The value reported, for a `progress` event."""
+
+    @classmethod
+    def decode(cls, data: bytes | str) -> JobEvent:
+        """From the JSON published on the queue's events channel; ValueError if malformed."""
+        try:
+            message = orjson.loads(data)
+            return cls(
+                str(message["event"]),
+                str(message["queue"]),
+                [str(j) for j in message["jobs"]],
+                [int(a) for a in message.get("attempts", [])],
+                int(message["at"]),
+                message.get("progress"),
+            )
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a job event: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
 class JobRecord:
     """What Redis holds about a job: its document plus its mutable state."""
 
