@@ -724,11 +724,16 @@ async def _unless_set(event: asyncio.Event, awaitable: Awaitable[T]) -> tuple[bo
     cancelled, so only for waits whose cancellation loses nothing."""
     work = asyncio.ensure_future(awaitable)
     told = asyncio.ensure_future(event.wait())
-    await asyncio.wait({work, told}, return_when=asyncio.FIRST_COMPLETED)
-    told.cancel()
-    if not work.done():
-        work.cancel()
-        await asyncio.wait({work})
+    try:
+        await asyncio.wait({work, told}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        # Also when this task is cancelled (a failing role's TaskGroup): a wait left
+        # running would hold its connection, and closing that would wait for it.
+        told.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.wait({work})
+    if work.cancelled():
         return False, None
     return True, work.result()
 
