@@ -60,7 +60,7 @@ from redwork.job import NAME_PATTERN, Envelope, JobRecord
 from redwork.live import DurationTracker, Hub, Overflow, Subscription, encoded, job_message
 from redwork.metrics import Metrics
 from redwork.queue import QUEUES_KEY, Op, Queue, arun, arun_many
-from redwork.registry import alive_workers
+from redwork.registry import WorkerInfo, alive_workers
 from redwork.settings import Settings
 from redwork.workflow import COUNTS, Workflow, WorkflowRecord, plan
 
@@ -213,19 +213,6 @@ class QueueView(BaseModel):
     failed: int
     totals: dict[str, int]
     completed_per_minute: list[int] = Field(description="the last five minutes, oldest first")
-
-
-class WorkerView(BaseModel):
-    id: str
-    host: str | None
-    pid: int | None
-    queues: list[str]
-    concurrency: int | None
-    running: int
-    done: int
-    failed: int
-    started_at: int | None
-    last_seen: int | None
 
 
 class FailedPage(BaseModel):
@@ -492,7 +479,7 @@ class StatsFeed:
                 snapshot = {
                     "type": "stats",
                     "queues": [q.model_dump() for q in await queues(self.service)],
-                    "workers": [w.model_dump() for w in await workers(self.service)],
+                    "workers": [asdict(w) for w in await workers(self.service)],
                 }
                 for listener in list(self.listeners):
                     listener.push(snapshot)
@@ -530,8 +517,8 @@ async def queues(service: Service) -> list[QueueView]:
     return views
 
 
-async def workers(service: Service) -> list[WorkerView]:
-    return [WorkerView(**asdict(info)) for info in await alive_workers(await service.redis())]
+async def workers(service: Service) -> list[WorkerInfo]:
+    return await alive_workers(await service.redis())
 
 
 def create_api(app: Redwork, settings: Settings | None = None) -> FastAPI:
@@ -773,8 +760,8 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         """Every queue: depth, running count, totals and completions per minute."""
         return await queues(service)
 
-    @api.get("/api/workers", response_model=list[WorkerView], tags=["workers"])
-    async def list_workers(_: None = authorized) -> list[WorkerView]:
+    @api.get("/api/workers", response_model=list[WorkerInfo], tags=["workers"])
+    async def list_workers(_: None = authorized) -> list[WorkerInfo]:
         """Live workers (an entry expires three heartbeats after its worker died)."""
         return await workers(service)
 
