@@ -773,12 +773,10 @@ def _admin_routes(api: FastAPI, service: Service, authorized: Any) -> None:
         _: None = authorized,
     ) -> FailedPage:
         """The failed store of a queue, most recent first."""
-        q = Queue(check_queue(queue))
-        client = await service.redis()
-        total = await client.zcard(q.failed)
-        ids = await arun(client, q.failed_ids(offset, offset + limit - 1))
-        records = await arun_many(client, [q.job(i) for i in ids])
-        return FailedPage(total=total, jobs=[view(r) for r in records if r is not None])
+        name = check_queue(queue)
+        total = await (await service.redis()).zcard(Queue(name).failed)
+        records = await service.app.client.afailed_jobs(name, limit, offset)
+        return FailedPage(total=total, jobs=[view(r) for r in records])
 
     @api.post("/api/queues/{queue}/failed/retry", response_model=Count, tags=["failed"])
     async def retry_failed(

@@ -320,6 +320,15 @@ class Client:
             replies = await self.awrite(plan.ops, "enqueue")
         return self._enqueued(plan, replies)
 
+    async def afailed_jobs(self, queue: str, limit: int = 50, offset: int = 0) -> list[JobRecord]:
+        """The async twin of failed_jobs()."""
+        q = self.queue(queue)
+        ids: list[str] = await self.arun(q.failed_ids(offset, offset + limit - 1))
+        records: list[JobRecord | None] = await self.aread(
+            [q.job(i) for i in ids], "read failed jobs"
+        )
+        return [r for r in records if r is not None]
+
     async def aevents(
         self, queues: Sequence[str], idle: float | None = None
     ) -> AsyncGenerator[JobEvent, None]:

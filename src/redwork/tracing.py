@@ -69,7 +69,7 @@ def _start(
         return None
 
 
-def _end(current: Current | None, reason: str | None, error: str | None) -> None:
+def end(current: Current | None, reason: str | None, error: str | None) -> None:
     """End the span: reason `completed` (OK), a failure reason (ERROR), or None for a
     run that was cut off (handed back, its lease lost), whose status stays unset."""
     if current is None:
@@ -121,16 +121,16 @@ def enqueue_span(tracer: Tracer, envelopes: Sequence[Envelope]) -> Iterator[None
     try:
         yield
     except BaseException as exc:
-        _end(current, "enqueue_failed", f"{type(exc).__name__}: {exc}")
+        end(current, "enqueue_failed", f"{type(exc).__name__}: {exc}")
         raise
-    _end(current, "completed", None)
+    end(current, "completed", None)
 
 
 def start_run(
     tracer: Tracer, document: dict[str, Any], job_id: str, queue: str, attempt: int
 ) -> Current | None:
     """A consumer span for one run of a job, child of its enqueue span when the document
-    carries a trace context (a malformed one starts a new trace); end it with end_run."""
+    carries a trace context (a malformed one starts a new trace); end it with end()."""
     from opentelemetry import propagate
 
     carrier = document.get("trace")
@@ -155,9 +155,3 @@ def start_run(
         "redwork.attempt": attempt,
     }
     return _start(tracer, f"run {task}", "CONSUMER", attributes, parent)
-
-
-def end_run(current: Current | None, reason: str | None, error: str | None) -> None:
-    """reason: `completed`, the failure reason, or None for a run cut off (handed back
-    at a stop, or its lease lost), which is neither."""
-    _end(current, reason, error)

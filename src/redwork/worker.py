@@ -417,7 +417,7 @@ class Worker:
         finally:
             if running.aborted:  # however the run ended, it ends as cancelled (_failure)
                 reason = FailureReason.CANCELLED.value
-            tracing.end_run(span, reason, error)
+            tracing.end(span, reason, error)
 
     async def _outcome(
         self, task: Task[Any, Any], call: Call, context: JobContext, running: _Running
